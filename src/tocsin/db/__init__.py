@@ -1,0 +1,1 @@
+"""The database every stage shares: schema, engines and migrations."""

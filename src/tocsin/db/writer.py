@@ -1,0 +1,100 @@
+"""Group commit: every write in the process goes through one writer thread, which runs the
+operations waiting at that moment in one transaction, each inside its own savepoint.
+
+One fsync then serves many callers (SQLite with synchronous=FULL costs a sync per commit), and
+the whole batch crosses into the thread once. Each caller still sees its own operation succeed
+or fail alone: an operation that raises is rolled back to its savepoint and the others commit.
+Operations are plain functions of a synchronous SQLAlchemy Connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+T = TypeVar("T")
+WriteOp = Callable[[Connection], T]
+_Outcome = tuple[bool, Any]  # (succeeded, result or exception)
+
+
+class StoreClosed(RuntimeError):
+    """The writer has stopped; nothing more is written."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The database refused the commit (disk full, I/O error, lost connection)."""
+
+
+class GroupWriter:
+    def __init__(self, engine: Engine, *, max_batch: int = 256) -> None:
+        self._engine = engine
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[WriteOp[Any], asyncio.Future[Any]]] = asyncio.Queue()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-writer")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="tocsin-store-writer")
+
+    async def run(self, op: WriteOp[T]) -> T:
+        """Run `op` in the next batch; return its result once the batch has committed."""
+        if self._closing or self._task is None:
+            raise StoreClosed("the ticket store is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((op, future))
+        return await future
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop."""
+        self._closing = True
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._thread.shutdown(wait=True)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            # A caller that gave up before its turn is dropped: its operation never runs.
+            live = [(op, future) for op, future in batch if not future.cancelled()]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._thread, self._commit, [op for op, _ in live]
+                )
+                for (_, future), (ok, value) in zip(live, outcomes, strict=True):
+                    if not future.done():
+                        (future.set_result if ok else future.set_exception)(value)
+            except (SQLAlchemyError, OSError) as exc:
+                failure = StoreUnavailable(f"the database did not commit: {type(exc).__name__}")
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(failure)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def _commit(self, ops: list[WriteOp[Any]]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        with self._engine.connect() as conn, conn.begin():
+            for op in ops:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append((True, op(conn)))
+                except Exception as exc:  # the op's own failure: its savepoint is undone
+                    outcomes.append((False, exc))
+        return outcomes

@@ -1,0 +1,1 @@
+"""Tickets: the domain (model, transition rules) and the store, the only code that writes them."""

@@ -1,0 +1,207 @@
+"""The ticket store: the only code that changes tickets.
+
+Each change writes the ticket, its timeline event and its trigger row (the outbox) in one
+transaction, through the process's group-commit writer (tocsin.db.writer). Reads go through the
+async read engine. Values are checked here, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, func, or_, select
+
+from tocsin.db import schema
+from tocsin.db.engine import Database
+from tocsin.db.writer import GroupWriter
+from tocsin.tickets import writes
+from tocsin.tickets.errors import InvalidTicket, TicketNotFound
+from tocsin.tickets.model import (
+    MAX_DEDUP_KEY_LENGTH,
+    MAX_TEXT_LENGTH,
+    Actor,
+    Source,
+    State,
+    Ticket,
+    TimelineEvent,
+    validate_kind,
+)
+from tocsin.tickets.transitions import Action
+from tocsin.tickets.writes import Change, OpenOutcome, OpenRequest
+
+__all__ = ["Change", "OpenOutcome", "OpenRequest", "Page", "TicketFilter", "TicketStore"]
+
+Clock = Callable[[], datetime]
+T = schema.tickets
+E = schema.timeline_events
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TicketFilter:
+    states: tuple[State, ...] = ()
+    source: Source | None = None
+    kind: str | None = None
+    subject_type: str | None = None
+    subject_id: str | None = None
+    q: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    tickets: list[Ticket]
+    next_cursor: str | None
+
+
+class TicketStore:
+    def __init__(self, db: Database, *, clock: Clock = utcnow, max_batch: int = 256) -> None:
+        self._db = db
+        self._clock = clock
+        self._writer = GroupWriter(db.write, max_batch=max_batch)
+
+    def start(self) -> None:
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop taking writes."""
+        await self._writer.close()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def open(self, request: OpenRequest) -> Change:
+        """Open a ticket; or, by the product's rules, answer with the one that already exists."""
+        validate_open(request)
+        return await self._writer.run(lambda conn: writes.open_ticket(conn, request, self._clock()))
+
+    async def start_work(
+        self, org: str, seq: int, actor: Actor, comment: str | None = None
+    ) -> Change:
+        return await self.transition(org, seq, Action.START, actor, comment)
+
+    async def resolve(self, org: str, seq: int, actor: Actor, comment: str | None = None) -> Change:
+        return await self.transition(org, seq, Action.RESOLVE, actor, comment)
+
+    async def reopen(self, org: str, seq: int, actor: Actor, comment: str | None = None) -> Change:
+        return await self.transition(org, seq, Action.REOPEN, actor, comment)
+
+    async def transition(
+        self, org: str, seq: int, action: Action, actor: Actor, comment: str | None = None
+    ) -> Change:
+        if comment is not None:
+            check_text("comment", comment)
+        return await self._writer.run(
+            lambda conn: writes.transition(conn, org, seq, action, actor, comment, self._clock())
+        )
+
+    async def comment(self, org: str, seq: int, actor: Actor, body: str) -> Change:
+        check_text("body", body)
+        return await self._writer.run(
+            lambda conn: writes.comment(conn, org, seq, actor, body, self._clock())
+        )
+
+    async def edit_description(self, org: str, seq: int, actor: Actor, description: str) -> Change:
+        check_text("description", description, allow_empty=True)
+        return await self._writer.run(
+            lambda conn: writes.edit_description(conn, org, seq, actor, description, self._clock())
+        )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, org: str, seq: int) -> tuple[Ticket, list[TimelineEvent]]:
+        """A ticket and its timeline, oldest event first."""
+        async with self._db.read.connect() as conn:
+            row = (await conn.execute(select(T).where(T.c.org == org, T.c.seq == seq))).first()
+            if row is None:
+                raise TicketNotFound(org, seq)
+            ticket = writes.ticket_from_row(row._mapping)
+            rows = await conn.execute(select(E).where(E.c.ticket_id == ticket.id).order_by(E.c.id))
+            return ticket, [writes.event_from_row(r._mapping) for r in rows]
+
+    async def list_tickets(
+        self,
+        org: str,
+        filters: TicketFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Tickets newest first, `limit` at a time; `next_cursor` continues the listing."""
+        filters = filters or TicketFilter()
+        conditions = [T.c.org == org]
+        if cursor is not None:
+            conditions.append(T.c.seq < decode_cursor(cursor))
+        if filters.states:
+            conditions.append(T.c.state.in_([s.value for s in filters.states]))
+        if filters.source is not None:
+            conditions.append(T.c.source == filters.source.value)
+        if filters.kind is not None:
+            conditions.append(T.c.kind == filters.kind)
+        if filters.subject_type is not None:
+            conditions.append(T.c.subject_type == filters.subject_type)
+        if filters.subject_id is not None:
+            conditions.append(T.c.subject_id == filters.subject_id)
+        if filters.q:
+            pattern = "%" + _escape_like(filters.q) + "%"
+            columns = (T.c.subject_name, T.c.subject_id, T.c.description, T.c.kind)
+            conditions.append(or_(*(c.ilike(pattern, escape="\\") for c in columns)))
+        statement = select(T).where(and_(*conditions)).order_by(T.c.seq.desc()).limit(limit + 1)
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        tickets = [writes.ticket_from_row(row._mapping) for row in rows[:limit]]
+        more = len(rows) > limit
+        return Page(tickets, encode_cursor(tickets[-1].seq) if more and tickets else None)
+
+    async def count(self, org: str | None = None) -> int:
+        statement = select(func.count()).select_from(T)
+        if org is not None:
+            statement = statement.where(T.c.org == org)
+        async with self._db.read.connect() as conn:
+            return int((await conn.execute(statement)).scalar_one())
+
+
+def validate_open(request: OpenRequest) -> None:
+    """Check an open request's values; raise InvalidTicket naming the field."""
+    try:
+        validate_kind(request.kind, request.source)
+    except ValueError as exc:
+        raise InvalidTicket("kind", str(exc)) from None
+    check_text("description", request.description, allow_empty=True)
+    if request.dedup_key is not None:
+        if request.source is Source.USER:
+            raise InvalidTicket("dedup_key", "a user report has no dedup_key")
+        if not 0 < len(request.dedup_key) <= MAX_DEDUP_KEY_LENGTH:
+            raise InvalidTicket("dedup_key", f"1-{MAX_DEDUP_KEY_LENGTH} characters")
+
+
+def check_text(field: str, value: str, *, allow_empty: bool = False) -> None:
+    if len(value) > MAX_TEXT_LENGTH:
+        raise InvalidTicket(field, f"at most {MAX_TEXT_LENGTH} characters")
+    if not allow_empty and not value.strip():
+        raise InvalidTicket(field, "must not be empty")
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The seq a cursor points below; raise InvalidTicket('cursor') for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    prefix, _, number = text.partition(":")
+    if prefix != "seq" or not number.isdigit():
+        raise InvalidTicket("cursor", "not a cursor this API gave out")
+    return int(number)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
