@@ -158,6 +158,11 @@ class TicketStore:
         more = len(rows) > limit
         return Page(tickets, encode_cursor(tickets[-1].seq) if more and tickets else None)
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        async with self._db.read.connect() as conn:
+            await conn.execute(select(1))
+
     async def count(self, org: str | None = None) -> int:
         statement = select(func.count()).select_from(T)
         if org is not None:

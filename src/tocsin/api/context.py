@@ -1,0 +1,35 @@
+"""What the API's handlers share: the store, the tokens, the orgs and the public base URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from tocsin.api.auth import TokenBook
+from tocsin.config import OrgConfig, Settings
+from tocsin.tickets.store import TicketStore
+
+
+@dataclass(frozen=True)
+class ApiContext:
+    store: TicketStore
+    tokens: TokenBook
+    orgs: dict[str, OrgConfig]
+    base_url: str
+
+    @classmethod
+    def build(cls, settings: Settings, store: TicketStore) -> ApiContext:
+        config = settings.config
+        return cls(
+            store=store,
+            tokens=TokenBook(settings.tokens),
+            orgs={org.slug: org for org in config.orgs},
+            base_url=config.server.base_url,
+        )
+
+    def org(self, slug: str) -> OrgConfig | None:
+        return self.orgs.get(slug)
+
+
+API_CONTEXT = web.AppKey("api_context", ApiContext)

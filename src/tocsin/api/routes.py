@@ -1,0 +1,188 @@
+"""The route table: one list that both registers the routes and writes the OpenAPI document,
+so the two cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from tocsin.api import schemas, tickets
+from tocsin.api.context import API_CONTEXT
+from tocsin.api.errors import Handler
+from tocsin.api.openapi import build_document
+
+
+@dataclass(frozen=True)
+class QueryParam:
+    name: str
+    description: str
+    schema: dict[str, object]
+    repeatable: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    scopes: tuple[str, ...] = ()  # any of these; () = no token needed
+    body: type[BaseModel] | None = None
+    responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
+    query: tuple[QueryParam, ...] = ()
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "checks": {}})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[API_CONTEXT].store.ping()
+    except Exception as exc:  # any failure to reach the store means not ready
+        checks = {"store": f"unreachable: {type(exc).__name__}"}
+        return web.json_response({"status": "unavailable", "checks": checks}, status=503)
+    return web.json_response({"status": "ok", "checks": {"store": "ok"}})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(build_document(ROUTES))
+
+
+_STATE_SCHEMA: dict[str, object] = {"type": "string", "enum": ["open", "in_progress", "resolved"]}
+LIST_QUERY = (
+    QueryParam(
+        "state",
+        "Filter by state; repeat or comma-separate for several.",
+        _STATE_SCHEMA,
+        repeatable=True,
+    ),
+    QueryParam(
+        "source",
+        "Filter by source.",
+        {"type": "string", "enum": ["health_monitor", "user", "workflow"]},
+    ),
+    QueryParam("kind", "Filter by kind.", {"type": "string"}),
+    QueryParam(
+        "subject_type",
+        "Filter by subject type.",
+        {"type": "string", "enum": ["device", "integration", "space", "other"]},
+    ),
+    QueryParam("subject_id", "Filter by subject id.", {"type": "string"}),
+    QueryParam(
+        "q", "Case-insensitive text search in subject, description and kind.", {"type": "string"}
+    ),
+    QueryParam(
+        "limit", "Page size.", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}
+    ),
+    QueryParam("cursor", "The next_cursor of the previous page.", {"type": "string"}),
+)
+
+TICKETS = "/api/v1/orgs/{org}/tickets"
+TICKET = TICKETS + "/{seq}"
+_ERR = schemas.ErrorOut
+_WRITE_ERRORS: dict[int, type[BaseModel] | None] = {
+    400: _ERR,
+    401: _ERR,
+    403: _ERR,
+    404: _ERR,
+    409: _ERR,
+    413: _ERR,
+    422: _ERR,
+}
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "The process is alive.", responses={200: schemas.HealthOut}),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "The store is reachable.",
+        responses={200: schemas.HealthOut, 503: schemas.HealthOut},
+    ),
+    Route("GET", "/api/v1/openapi.json", openapi_document, "This document.", responses={200: None}),
+    Route(
+        "GET",
+        TICKETS,
+        tickets.list_tickets,
+        "List tickets, newest first.",
+        ("read",),
+        responses={
+            200: schemas.TicketListOut,
+            400: _ERR,
+            401: _ERR,
+            403: _ERR,
+            404: _ERR,
+            422: _ERR,
+        },
+        query=LIST_QUERY,
+    ),
+    Route(
+        "POST",
+        TICKETS,
+        tickets.open_ticket,
+        "Open a ticket (workflow Open Ticket, or user Report issue).",
+        ("write", "workflow"),
+        body=schemas.OpenTicketIn,
+        responses={201: schemas.TicketDetailOut, 200: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "GET",
+        TICKET,
+        tickets.get_ticket,
+        "One ticket with its timeline.",
+        ("read",),
+        responses={200: schemas.TicketDetailOut, 400: _ERR, 401: _ERR, 403: _ERR, 404: _ERR},
+    ),
+    Route(
+        "PATCH",
+        TICKET,
+        tickets.edit_ticket,
+        "Edit the description.",
+        ("write",),
+        body=schemas.EditIn,
+        responses={200: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "POST",
+        TICKET + "/start",
+        tickets.start_ticket,
+        "Open -> In Progress.",
+        ("write",),
+        body=schemas.TransitionIn,
+        responses={200: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "POST",
+        TICKET + "/resolve",
+        tickets.resolve_ticket,
+        "Open or In Progress -> Resolved.",
+        ("write", "workflow"),
+        body=schemas.TransitionIn,
+        responses={200: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "POST",
+        TICKET + "/reopen",
+        tickets.reopen_ticket,
+        "Resolved -> Open.",
+        ("write",),
+        body=schemas.TransitionIn,
+        responses={200: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "POST",
+        TICKET + "/comments",
+        tickets.add_comment,
+        "Add a comment (markdown).",
+        ("write", "workflow"),
+        body=schemas.CommentIn,
+        responses={201: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+)
