@@ -74,7 +74,7 @@ class ServerConfig(_Model):
     @classmethod
     def _check_listen(cls, value: str) -> str:
         host, port = split_host_port(value)
-        if not host or not 0 < port < 65536:
+        if not host or not 0 <= port < 65536:  # 0: any free port (tests, embedding)
             raise ValueError("expected HOST:PORT, e.g. '127.0.0.1:8080' or '[::1]:8080'")
         return value
 
@@ -190,7 +190,7 @@ class Settings:
 def split_host_port(listen: str) -> tuple[str, int]:
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", listen)
     if not match:
-        return "", 0
+        return "", -1
     host = match.group(1) or match.group(3)
     return host, int(match.group(2) or match.group(4))
 

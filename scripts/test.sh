@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Run every test on a fresh Debian machine: installs the system packages the tests need,
+# creates .venv, installs tocsin with its dev extras, then runs ruff, mypy and pytest.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "tocsin needs Python >= 3.11 (python3 is $(python3 --version))" >&2; exit 1; }
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+echo "== ruff"
+.venv/bin/ruff check src tests bench
+echo "== mypy --strict src"
+.venv/bin/mypy
+echo "== pytest"
+exec .venv/bin/python -m pytest "$@"

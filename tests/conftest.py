@@ -1,0 +1,141 @@
+"""Shared fixtures: a real SQLite file per test, a store with an injected clock, settings from
+inline TOML, and a real aiohttp server on a free loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tocsin.api.app import make_app
+from tocsin.config import Settings, parse
+from tocsin.db import migrate
+from tocsin.db.engine import Database, open_database
+from tocsin.tickets.store import TicketStore
+
+# Tokens the test config knows, by name: org acme has all three scopes, org beta one.
+TOKENS = {
+    "acme-write": ("acme", "write"),
+    "acme-read": ("acme", "read"),
+    "acme-workflow": ("acme", "workflow"),
+    "beta-write": ("beta", "write"),
+}
+
+
+def token_value(name: str) -> str:
+    return f"test-token-{name}"
+
+
+@dataclass
+class FakeClock:
+    """A wall clock the test moves by hand."""
+
+    now: datetime = field(default_factory=lambda: datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def config_text(db_url: str, *, report_issue_acme: bool = True, extra: str = "") -> str:
+    lines = [
+        "[server]",
+        'listen = "127.0.0.1:0"',
+        'public_url = "http://tocsin.test"',
+        "[store]",
+        f'url = "{db_url}"',
+    ]
+    for org, report in (("acme", report_issue_acme), ("beta", False)):
+        lines += [
+            "[[orgs]]",
+            f'slug = "{org}"',
+            f'name = "{org.title()} Inc"',
+            f"report_issue = {'true' if report else 'false'}",
+        ]
+        for name, (token_org, scope) in TOKENS.items():
+            if token_org == org:
+                digest = hashlib.sha256(token_value(name).encode()).hexdigest()
+                lines += [
+                    "[[orgs.tokens]]",
+                    f'name = "{name}"',
+                    f'scope = "{scope}"',
+                    f'token_sha256 = "{digest}"',
+                ]
+    return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'tocsin.db'}"
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def database(db_url: str) -> AsyncIterator[Database]:
+    db = open_database(db_url)
+    await migrate.upgrade(db)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+async def store(database: Database, clock: FakeClock) -> AsyncIterator[TicketStore]:
+    ticket_store = TicketStore(database, clock=clock)
+    ticket_store.start()
+    yield ticket_store
+    await ticket_store.close()
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return parse(config_text(db_url))
+
+
+@dataclass
+class Api:
+    """A client for the real server: `call(method, path, token=..., json=...)`."""
+
+    session: aiohttp.ClientSession
+    base: str
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = "acme-write",
+        **kwargs: object,
+    ) -> tuple[int, dict[str, object]]:
+        headers = {"Authorization": f"Bearer {token_value(token)}"} if token else {}
+        async with self.session.request(
+            method,
+            self.base + path,
+            headers=headers,
+            **kwargs,  # type: ignore[arg-type]
+        ) as response:
+            return response.status, await response.json()
+
+
+ApiFactory = Callable[[Settings], "AsyncIterator[Api]"]
+
+
+@pytest.fixture
+async def api(settings: Settings, store: TicketStore) -> AsyncIterator[Api]:
+    server = TestServer(make_app(settings, store), host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as session:
+        yield Api(session, str(server.make_url("")).rstrip("/"))
+    await server.close()
