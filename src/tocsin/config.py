@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from tocsin.durations import parse_duration
+from tocsin.secrets import SecretError, read_secret
 
 DEFAULT_STATE_DIR = Path("/var/lib/tocsin")
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -251,35 +252,19 @@ def _resolve_tokens(
     for i, org in enumerate(config.orgs):
         for j, token in enumerate(org.tokens):
             path = f"orgs[{i}].tokens[{j}]"
-            digest: bytes | None = None
             if token.token_sha256 is not None:
                 digest = bytes.fromhex(token.token_sha256)
-            elif token.token_env is not None:
-                value = env.get(token.token_env, "").strip()
-                if value:
-                    digest = hashlib.sha256(value.encode()).digest()
-                else:
-                    problems.append(
-                        Problem(
-                            f"{path}.token_env",
-                            f"environment variable {token.token_env} is not set or empty",
-                        )
-                    )
-            elif token.token_file is not None:
-                file = _relative_to(Path(token.token_file), base_dir)
+            else:
+                key = "token_env" if token.token_env is not None else "token_file"
                 try:
-                    value = file.read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    problems.append(
-                        Problem(f"{path}.token_file", f"cannot read {file} ({_reason(exc)})")
+                    value = read_secret(
+                        file=token.token_file, env=token.token_env, base_dir=base_dir, environ=env
                     )
+                except SecretError as exc:
+                    problems.append(Problem(f"{path}.{key}", str(exc)))
                     continue
-                if value:
-                    digest = hashlib.sha256(value.encode()).digest()
-                else:
-                    problems.append(Problem(f"{path}.token_file", f"{file} is empty"))
-            if digest is not None:
-                tokens.append(ApiToken(org.slug, token.name, token.scope, digest))
+                digest = hashlib.sha256(value.encode()).digest()
+            tokens.append(ApiToken(org.slug, token.name, token.scope, digest))
     seen: dict[bytes, str] = {}
     for api_token in tokens:
         where = f"{api_token.org}/{api_token.name}"
