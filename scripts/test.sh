@@ -10,6 +10,15 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || { echo "tocsin needs Python >= 3.11 (python3 is $(python3 --version))" >&2; exit 1; }
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+# Real peers for the MQTT and SNMP probe tests (daemons live in /usr/sbin, off a user's PATH).
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+have mosquitto || need_apt+=(mosquitto)
+have mosquitto_sub || need_apt+=(mosquitto-clients)
+have snmpd || need_apt+=(snmpd)
+have snmpget || need_apt+=(snmp)
+# The packaging tests check systemd/ with systemd-analyze and systemd-sysusers (no running
+# systemd needed).
+{ have systemd-analyze && have systemd-sysusers; } || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq

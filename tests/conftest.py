@@ -19,6 +19,9 @@ from tocsin.db import migrate
 from tocsin.db.engine import Database, open_database
 from tocsin.tickets.store import TicketStore
 
+# Real peers (mosquitto, snmpd) for the probe and end-to-end tests.
+pytest_plugins = ["tests.peers"]
+
 # Tokens the test config knows, by name: org acme has all three scopes, org beta one.
 TOKENS = {
     "acme-write": ("acme", "write"),

@@ -14,6 +14,9 @@ from tocsin.api.app import make_app
 from tocsin.config import Settings, split_host_port
 from tocsin.db import migrate
 from tocsin.db.engine import open_database
+from tocsin.delivery.endpoints import delivery_settings, endpoints_from
+from tocsin.delivery.worker import DeliveryWorker
+from tocsin.monitor.service import MonitorService
 from tocsin.tickets.store import TicketStore
 
 log = structlog.get_logger("tocsin")
@@ -31,7 +34,13 @@ async def run(
     try:
         await migrate.upgrade(db)
         store.start()
-        runner = web.AppRunner(make_app(settings, store), access_log=None, shutdown_timeout=5)
+        # Webhooks: triggers the store wrote (also before a crash) go out from the outbox.
+        webhooks = DeliveryWorker(store, endpoints_from(settings), delivery_settings(settings))
+        # The health monitor: probes -> tracker -> tickets; push heartbeats arrive over the API.
+        monitor = MonitorService(settings, store)
+        runner = web.AppRunner(
+            make_app(settings, store, ping=monitor.ping), access_log=None, shutdown_timeout=5
+        )
         await runner.setup()
         host, port = split_host_port(settings.config.server.listen)
         await web.TCPSite(runner, host, port).start()
@@ -45,6 +54,10 @@ async def run(
             on_ready(addresses)
         async with asyncio.TaskGroup() as group:
             group.create_task(stop.wait(), name="tocsin-stop")
+            # On stop it finishes its attempts in flight (or gives them back) before the store
+            # closes below.
+            group.create_task(webhooks.run(stop), name="tocsin-webhooks")
+            group.create_task(monitor.run(stop), name="tocsin-health-monitor")
     finally:
         log.info("tocsin stopping")
         if runner is not None:

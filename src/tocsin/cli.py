@@ -1,4 +1,4 @@
-"""The command line: `tocsin run`, `check-config`, `db upgrade` and `tickets ...`.
+"""The command line: `tocsin run`, `check-config`, `db upgrade|backup` and `tickets ...`.
 
 Exit status: 0 success, 2 bad usage or invalid input (config, ticket number, transition),
 1 any other failure. Signals are handled here and only here.
@@ -12,21 +12,34 @@ import getpass
 import json
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
 import click
+import structlog
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from tocsin import app, logs
+from tocsin.api.subjects import subject_json
 from tocsin.config import ConfigError, Settings, load
-from tocsin.db import migrate
+from tocsin.db import backup, migrate
 from tocsin.db.engine import Database, StoreUrlError, open_database
 from tocsin.db.writer import StoreUnavailable
-from tocsin.tickets.errors import TicketError
+from tocsin.delivery import ops as webhook_ops
+from tocsin.delivery.endpoints import Endpoint, endpoints_from
+from tocsin.delivery.outbox import Status as DeliveryStatus
+from tocsin.delivery.payload import ping_body, signed_headers
+from tocsin.delivery.transport import DeliveryError, Transport
+from tocsin.monitor import states
+from tocsin.monitor.service import push_secret
+from tocsin.probes.push import PushRegistry, PushSpec
+from tocsin.tickets.errors import IllegalTransition, InvalidTicket, TicketError
 from tocsin.tickets.model import Actor, ActorType, Kind, Source, State, Subject, SubjectType, Ticket
 from tocsin.tickets.store import TicketFilter, TicketStore
 from tocsin.tickets.transitions import Action
@@ -47,7 +60,8 @@ config_option = click.option(
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    # escape: messages quote what the operator typed, which may look like rich markup ("[/x]")
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -55,9 +69,12 @@ def load_settings(path: Path) -> Settings:
     try:
         return load(path)
     except ConfigError as exc:
-        err.print(f"[bold red]{path}: invalid config[/]", highlight=False)
+        err.print(
+            f"[bold red]{escape(str(path))}: invalid config[/]", highlight=False, soft_wrap=True
+        )
         for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False, markup=False)
+            # One line per problem whatever the width, so each keeps its key path (and grep works).
+            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(2)
 
 
@@ -77,8 +94,14 @@ def run(config_path: Path) -> None:
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            stop.set()
+            # A stop should take a second or two; if it hangs, say where.
+            loop.call_later(STOP_REPORT_AFTER, report_stuck_tasks)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
         await app.run(settings, stop)
 
     try:
@@ -87,6 +110,18 @@ def run(config_path: Path) -> None:
         fail(f"store.url: {exc}")
     except OSError as exc:
         fail(f"cannot start: {exc.strerror or exc}", 1)
+
+
+STOP_REPORT_AFTER = 5.0
+
+
+def report_stuck_tasks() -> None:
+    """Log every task still running, with where it waits (for a stop that takes too long)."""
+    log = structlog.get_logger("tocsin")
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        log.warning("still running while stopping", task=task.get_name(), stack=where)
 
 
 @main.command("check-config")
@@ -120,6 +155,28 @@ def db_upgrade(config_path: Path) -> None:
     out.print(f"schema at revision {migrate.head_revision()}")
 
 
+@db.command("backup")
+@config_option
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def db_backup(config_path: Path, file: Path, force: bool) -> None:
+    """Copy the SQLite store to FILE, consistent as of the start, while the daemon runs
+    (SQLite's online backup; the daemon keeps writing)."""
+    settings = load_settings(config_path)
+    try:
+        result = backup.backup(settings.store_url, file, force=force)
+    except backup.BackupRefused as exc:
+        fail(str(exc))
+    except backup.BackupError as exc:
+        fail(str(exc), 1)
+    out.print(
+        f"backed up {result.source} to {result.target} ({result.size / 2**20:.1f} MiB)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     async def go() -> T:
         try:
@@ -133,7 +190,9 @@ def with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) 
 
     try:
         return asyncio.run(go())
-    except TicketError as exc:
+    except InvalidTicket as exc:
+        fail(f"{exc.field}: {exc}")
+    except (TicketError, IllegalTransition) as exc:  # IllegalTransition is not a TicketError
         fail(str(exc))
     except StoreUnavailable as exc:
         fail(str(exc), 1)
@@ -408,3 +467,314 @@ def tickets_edit(
         settings, lambda s: s.edit_description(slug, seq, cli_actor(actor_name), description)
     )
     report(settings, change, as_json, "edited")
+
+
+# -- subjects ------------------------------------------------------------------------------------
+
+
+@main.command("subjects")
+@config_option
+@org_option
+@json_option
+def subjects_command(config_path: Path, org: str | None, as_json: bool) -> None:
+    """Each monitored subject's health, since when, last probe result and open ticket."""
+    settings = load_settings(config_path)
+    slug = resolve_org(settings, org)
+
+    async def read(database: Database) -> list[states.StateRow]:
+        if not await migrate.is_current(database):
+            fail("the database schema is not current: run `tocsin db upgrade` first", 1)
+        return await states.load(database.read, slug)
+
+    rows = with_database(settings, read)
+    base = settings.config.server.base_url
+    if as_json:
+        click.echo(json.dumps([subject_json(r, base) for r in rows], indent=2))
+        return
+    table = Table("subject", "health", "since", "last result", "ticket")
+    for row in rows:
+        health = row.health + (" (flapping)" if row.flapping else "")
+        if row.health == "failing":
+            health += " (in debounce)"
+        detail = str((row.last_result or {}).get("detail", ""))
+        table.add_row(
+            f"{row.key.type}:{row.key.id} {row.name}",
+            health,
+            row.since.strftime("%Y-%m-%d %H:%M:%S") if row.since else "",
+            detail,
+            f"#{row.ticket_seq}" if row.ticket_seq else "",
+        )
+    out.print(table)
+    if not rows:
+        out.print("no subjects have been seen yet")
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints and their deliveries (on the configured database)."""
+
+
+def webhook_endpoint(settings: Settings, name: str) -> Endpoint:
+    for endpoint in endpoints_from(settings):
+        if endpoint.name == name:
+            return endpoint
+    known = ", ".join(w.name for w in settings.config.webhooks) or "none"
+    fail(f"no webhook {name!r} in the config (known: {known})")
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+@webhooks.command("list")
+@config_option
+@json_option
+def webhooks_list(config_path: Path, as_json: bool) -> None:
+    """Each configured endpoint and its health: ok, failing (since), disabled; backlog."""
+    settings = load_settings(config_path)
+    names = [w.name for w in settings.config.webhooks]
+
+    async def read(database: Database) -> list[webhook_ops.EndpointHealth]:
+        if not await migrate.is_current(database):
+            fail("the database schema is not current: run `tocsin db upgrade` first", 1)
+        return await webhook_ops.endpoint_health(database.read, names)
+
+    healths = with_database(settings, read) if names else []
+    if as_json:
+        click.echo(json.dumps([h.to_json() for h in healths], indent=2))
+        return
+    configs = {w.name: w for w in settings.config.webhooks}
+    table = Table("name", "format", "state", "since", "last success", "pending", "failed", "error")
+    for health in healths:
+        since = health.disabled_at or health.failing_since
+        state = health.state
+        if health.disabled_reason:
+            state += f" ({health.disabled_reason})"
+        table.add_row(
+            health.name,
+            configs[health.name].format,
+            state,
+            _when(since),
+            _when(health.last_success_at),
+            str(health.counts.get("pending", 0) + health.counts.get("delivering", 0)),
+            str(health.counts.get("failed", 0)),
+            health.last_error or "",
+        )
+    out.print(table)
+    if not healths:
+        out.print("no webhooks in the config")
+
+
+@webhooks.command("deliveries")
+@config_option
+@click.option("--failed", is_flag=True, help="Only deliveries that gave up (redeliver them).")
+@click.option(
+    "--status", "statuses", multiple=True, type=click.Choice([s.value for s in DeliveryStatus])
+)
+@click.option("--endpoint", help="Only this webhook's deliveries.")
+@click.option("--org", help="Only this org's deliveries.")
+@click.option("--limit", default=50, type=click.IntRange(1, 1000), show_default=True)
+@json_option
+def webhooks_deliveries(
+    config_path: Path,
+    failed: bool,
+    statuses: tuple[str, ...],
+    endpoint: str | None,
+    org: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Deliveries, newest first."""
+    settings = load_settings(config_path)
+    wanted = [*statuses, *([DeliveryStatus.FAILED.value] if failed else [])]
+
+    async def read(database: Database) -> list[webhook_ops.DeliveryView]:
+        if not await migrate.is_current(database):
+            fail("the database schema is not current: run `tocsin db upgrade` first", 1)
+        rows, _ = await webhook_ops.list_deliveries(
+            database.read, org=org, endpoint=endpoint, statuses=wanted, limit=limit
+        )
+        return rows
+
+    rows = with_database(settings, read)
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        return
+    table = Table("id", "endpoint", "trigger", "ticket", "status", "attempts", "last", "next/done")
+    for row in rows:
+        last = str(row.last_status or "") + (f" {row.last_error}" if row.last_error else "")
+        done = row.delivered_at if row.status == "delivered" else None
+        upcoming = row.next_attempt_at if row.status == "pending" else None
+        table.add_row(
+            str(row.id),
+            row.endpoint,
+            row.type,
+            f"{row.org} #{row.ticket_seq}",
+            row.status,
+            str(row.attempts),
+            last.strip(),
+            _when(done or upcoming),
+        )
+    out.print(table)
+    if not rows:
+        out.print("no deliveries")
+
+
+@webhooks.command("redeliver")
+@config_option
+@click.argument("delivery_id", type=click.IntRange(min=1))
+def webhooks_redeliver(config_path: Path, delivery_id: int) -> None:
+    """Send delivery DELIVERY_ID again now (same webhook-id, a fresh retry schedule); the
+    running daemon picks it up within its poll interval."""
+    settings = load_settings(config_path)
+
+    async def write(store: TicketStore) -> int:
+        now = datetime.now(UTC)
+        return await store.writer.run(lambda conn: webhook_ops.redeliver(conn, delivery_id, now))
+
+    try:
+        store_call(settings, write)
+    except webhook_ops.WebhookOpsError as exc:
+        fail(str(exc), 1 if isinstance(exc, webhook_ops.DeliveryInFlight) else 2)
+    out.print(f"delivery {delivery_id} will be sent again", highlight=False)
+
+
+@webhooks.command("enable")
+@config_option
+@click.argument("name")
+def webhooks_enable(config_path: Path, name: str) -> None:
+    """Enable a disabled webhook again: its kept backlog is delivered, in order."""
+    settings = load_settings(config_path)
+    webhook_endpoint(settings, name)
+
+    async def write(store: TicketStore) -> bool:
+        now = datetime.now(UTC)
+        return await store.writer.run(lambda conn: webhook_ops.enable(conn, name, now))
+
+    changed = store_call(settings, write)
+    out.print(f"webhook {name} {'enabled' if changed else 'was not disabled'}", highlight=False)
+
+
+@webhooks.command("test")
+@config_option
+@click.argument("name")
+def webhooks_test(config_path: Path, name: str) -> None:
+    """Send webhook NAME a signed test message (type webhook.test) and show the answer."""
+    settings = load_settings(config_path)
+    endpoint = webhook_endpoint(settings, name)
+
+    async def ping() -> tuple[int | None, str]:
+        transport = Transport(limit=1)
+        now = datetime.now(UTC)
+        body = ping_body(endpoint.name, now, endpoint.format)
+        msg_id = f"msg_test_{uuid.uuid4().hex}"
+        headers = signed_headers(endpoint.keys, msg_id, now, body, endpoint.headers)
+        try:
+            answer = await transport.post(
+                endpoint.url, body, headers, endpoint.timeout.total_seconds()
+            )
+            return answer.status, f"{answer.latency * 1000:.0f} ms"
+        except DeliveryError as exc:
+            return exc.status, exc.message
+        finally:
+            await transport.close()
+
+    status, detail = asyncio.run(ping())
+    if status is not None and 200 <= status < 300:
+        out.print(f"webhook {name}: HTTP {status} in {detail}", highlight=False)
+        return
+    fail(f"webhook {name}: {detail}", 1)
+
+
+@main.command("ping-url")
+@config_option
+@org_option
+@click.argument("device_id")
+def ping_url(config_path: Path, org: str | None, device_id: str) -> None:
+    """Print the secret heartbeat URL of push device DEVICE_ID (GET or POST it; add
+    ?status=fail to report a failure)."""
+    settings = load_settings(config_path)
+    slug = resolve_org(settings, org)
+    device = next((d for d in settings.config.devices if d.org == slug and d.id == device_id), None)
+    if device is None or not isinstance(device.probe, PushSpec):
+        fail(f"no push device {device_id!r} in org {slug!r}")
+    registry = PushRegistry(push_secret(settings))
+    key = registry.register(
+        device.key, device.probe, now_mono=0.0, base_dir=settings.base_dir, environ=settings.environ
+    )
+    click.echo(f"{settings.config.server.base_url}/ping/{key}")
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+@main.command("demo")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Stop after this many seconds (default: run until Ctrl-C).",
+)
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="The API's HOST:PORT.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the database, config and secrets here (default: a temporary folder, removed).",
+)
+@click.option("--mqtt-host", default="127.0.0.1", show_default=True, help="An MQTT broker to use.")
+@click.option("--mqtt-port", default=1883, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=10),
+    help="Time scale of the scenario and the windows (2: twice as fast).",
+)
+def demo(
+    duration: float | None,
+    listen: str,
+    state_dir: Path | None,
+    mqtt_host: str,
+    mqtt_port: int,
+    speed: float,
+) -> None:
+    """Run tocsin on a simulated site: devices fail and recover, tickets open, auto-resolve and
+    reopen, and a webhook receiver prints each signed delivery. SIGTERM or SIGINT stops it."""
+    from tocsin.demo.run import DemoError, DemoOptions, run_demo
+
+    logs.configure("error", "auto")  # the receiver's lines tell the story
+    options = DemoOptions(
+        listen=listen,
+        state_dir=state_dir,
+        duration=duration,
+        speed=speed,
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+    )
+
+    def say(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            stop.set()
+            loop.call_later(STOP_REPORT_AFTER, report_stuck_tasks)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await run_demo(options, stop, out=say)
+
+    try:
+        asyncio.run(serve())
+    except DemoError as exc:
+        fail(str(exc))
+    except ConfigError as exc:  # a bug in the demo's own config, not the user's
+        fail(f"the demo's config is invalid: {exc}", 1)
+    except OSError as exc:
+        fail(f"cannot start: {exc.strerror or exc}", 1)

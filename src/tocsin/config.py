@@ -8,19 +8,20 @@ Secrets are read here and kept only as SHA-256 digests; their values never reach
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -28,7 +29,14 @@ from pydantic import (
     model_validator,
 )
 
-from tocsin.durations import parse_duration
+from tocsin.durations import Duration
+from tocsin.monitor.config import (
+    DeviceConfig,
+    IntegrationConfig,
+    MonitorDefaults,
+    MqttConfig,
+    cross_check,
+)
 from tocsin.secrets import SecretError, read_secret
 
 DEFAULT_STATE_DIR = Path("/var/lib/tocsin")
@@ -50,17 +58,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
-
-
-def _duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("durations are strings such as '90s', '2m' or '24h'")
-    return parse_duration(value)
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -99,16 +96,144 @@ class StoreConfig(_Model):
     """SQLAlchemy async URL; default: SQLite under the state directory."""
 
 
-class MonitorConfig(_Model):
-    debounce: Duration = timedelta(minutes=2)
-    recovery: Duration = timedelta(minutes=1)
-    reopen_window: Duration = timedelta(hours=24)
-    interval: Duration = timedelta(seconds=30)
+# [monitor]: the windows every subject starts from (see tocsin.monitor.config).
+MonitorConfig = MonitorDefaults
 
 
 class LogConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+TriggerName = Literal[
+    "ticket.opened", "ticket.started", "ticket.comment_added", "ticket.resolved", "ticket.reopened"
+]
+ALL_TRIGGERS: tuple[TriggerName, ...] = (
+    "ticket.opened",
+    "ticket.started",
+    "ticket.comment_added",
+    "ticket.resolved",
+    "ticket.reopened",
+)
+WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Headers tocsin sets itself on every delivery; `headers` may not replace them.
+RESERVED_WEBHOOK_HEADERS = frozenset(
+    {"webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length"}
+    | {"host", "transfer-encoding", "connection", "user-agent"}
+)
+
+
+class WebhookConfig(_Model):
+    """A [[webhooks]] endpoint. Its signing secret is `whsec_<base64>`, from secret_file or
+    secret_env; during a rotation the old one stays in previous_secret_file or
+    previous_secret_env and every delivery carries both signatures."""
+
+    name: Annotated[str, Field(pattern=WEBHOOK_NAME_PATTERN)]
+    url: str
+    orgs: list[str] = []  # empty: every org in the config
+    triggers: list[TriggerName] = list(ALL_TRIGGERS)
+    secret_file: str | None = None
+    secret_env: str | None = None
+    previous_secret_file: str | None = None
+    previous_secret_env: str | None = None
+    headers: dict[str, str] = {}
+    timeout: Duration = timedelta(seconds=15)
+    format: Literal["standard", "slack", "teams"] = "standard"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("triggers")
+    @classmethod
+    def _check_triggers(cls, value: list[TriggerName]) -> list[TriggerName]:
+        if not value:
+            raise ValueError("name at least one trigger (leave the key out for all five)")
+        return list(dict.fromkeys(value))
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in RESERVED_WEBHOOK_HEADERS:
+                raise ValueError(f"{name!r} is set by tocsin and cannot be replaced")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"the value of {name!r} must be one line")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _check_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=5):
+            raise ValueError("a timeout above 0 and at most 5m")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_sources(self) -> WebhookConfig:
+        if (self.secret_file is None) == (self.secret_env is None):
+            raise ValueError("give exactly one of secret_file or secret_env")
+        if self.previous_secret_file is not None and self.previous_secret_env is not None:
+            raise ValueError("give at most one of previous_secret_file or previous_secret_env")
+        return self
+
+
+def _default_schedule() -> list[timedelta]:
+    return [
+        timedelta(seconds=5),
+        timedelta(minutes=5),
+        timedelta(minutes=30),
+        timedelta(hours=2),
+        timedelta(hours=5),
+        timedelta(hours=10),
+        timedelta(hours=10),
+    ]
+
+
+class WebhookDeliveryConfig(_Model):
+    """[webhook_delivery]: retries, pacing and endpoint health, for every endpoint."""
+
+    schedule: list[Duration] = Field(default_factory=_default_schedule)
+    """Delays before the 2nd, 3rd, ... attempt; after the last, a delivery is failed."""
+    jitter: Annotated[float, Field(ge=0.0, le=0.5, strict=False)] = 0.1
+    """Each delay is spread by up to this fraction either way."""
+    disable_after: Duration = timedelta(days=5)
+    """An endpoint failing (no success) for longer is disabled; its backlog is kept."""
+    ticket_after: Duration | None = None
+    """Failing this long opens a webhook_endpoint_failing ticket; default: monitor.debounce."""
+    concurrency: Annotated[int, Field(ge=1, le=1000)] = 256
+    """Attempts in flight in all; an endpoint holds at most per_endpoint_concurrency of them,
+    so endpoints that hang (until their timeout) cannot take every slot."""
+    per_endpoint_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    poll_interval: Duration = timedelta(milliseconds=500)
+    """How often new triggers and due retries are looked for when nothing else wakes it."""
+    lease: Duration = timedelta(seconds=30)
+    """How long a claim outlives the longest it may take (twice the endpoint's timeout: an
+    attempt may wait behind one other): a crashed sender's claims are taken again after that."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: list[timedelta]) -> list[timedelta]:
+        if len(value) > 50 or any(d < timedelta(0) for d in value):
+            raise ValueError("at most 50 delays, none negative ([] tries once)")
+        return value
+
+    @field_validator("poll_interval")
+    @classmethod
+    def _check_poll(cls, value: timedelta) -> timedelta:
+        if not timedelta(milliseconds=10) <= value <= timedelta(minutes=1):
+            raise ValueError("between 10ms and 1m")
+        return value
+
+    @model_validator(mode="after")
+    def _per_endpoint_within_total(self) -> WebhookDeliveryConfig:
+        if self.per_endpoint_concurrency > self.concurrency:
+            raise ValueError("per_endpoint_concurrency cannot exceed concurrency")
+        return self
 
 
 Scope = Literal["read", "write", "workflow"]
@@ -152,9 +277,23 @@ class OrgConfig(_Model):
 class Config(_Model):
     server: ServerConfig = ServerConfig()
     store: StoreConfig = StoreConfig()
-    monitor: MonitorConfig = MonitorConfig()
+    monitor: MonitorDefaults = MonitorDefaults()
     log: LogConfig = LogConfig()
     orgs: list[OrgConfig] = []
+    webhooks: list[WebhookConfig] = []
+    webhook_delivery: WebhookDeliveryConfig = WebhookDeliveryConfig()
+    mqtt: MqttConfig = MqttConfig()
+    devices: list[DeviceConfig] = []
+    integrations: list[IntegrationConfig] = []
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_webhook_names(cls, webhooks: list[WebhookConfig]) -> list[WebhookConfig]:
+        names = [w.name for w in webhooks]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"webhook names must be unique: {', '.join(duplicates)}")
+        return webhooks
 
     @field_validator("orgs")
     @classmethod
@@ -186,6 +325,11 @@ class Settings:
     config: Config
     store_url: str
     tokens: tuple[ApiToken, ...]
+    # Each webhook's signing keys (decoded from whsec_), current first: never logged or shown.
+    webhook_keys: Mapping[str, tuple[bytes, ...]] = field(default_factory=dict, repr=False)
+    # Where relative paths point and where *_env secrets come from: probes read theirs at start.
+    base_dir: Path | None = None
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
@@ -210,9 +354,30 @@ def parse(
         raise ConfigError([_problem(error) for error in exc.errors()]) from None
     environ = os.environ if env is None else env
     tokens, problems = _resolve_tokens(config, base_dir, environ)
+    webhook_keys, webhook_problems = _resolve_webhooks(config, base_dir, environ)
+    problems += webhook_problems
+    problems += [
+        Problem(path, message)
+        for path, message in cross_check(
+            {o.slug for o in config.orgs},
+            config.devices,
+            config.integrations,
+            config.mqtt,
+            config.monitor,
+            base_dir,
+            environ,
+        )
+    ]
     if problems:
         raise ConfigError(problems)
-    return Settings(config=config, store_url=_store_url(config, base_dir, environ), tokens=tokens)
+    return Settings(
+        config=config,
+        store_url=_store_url(config, base_dir, environ),
+        tokens=tokens,
+        webhook_keys=webhook_keys,
+        base_dir=base_dir,
+        environ=environ,
+    )
 
 
 def load(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
@@ -225,9 +390,19 @@ def load(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
     return parse(text, base_dir=file.resolve().parent, env=env)
 
 
+# Keys holding a `type`-tagged union (probe = {type = "http", ...}) and the tags they take.
+_TAGGED_UNIONS = frozenset({"probe", "check", "auth"})
+_UNION_TAGS = frozenset({"http", "snmp", "mqtt", "push", "bearer", "basic", "api_key", "oauth2"})
+
+
 def _problem(error: Any) -> Problem:
     path = ""
+    previous: Any = None
     for part in error["loc"]:
+        tagged_union = previous in _TAGGED_UNIONS
+        previous = part
+        if tagged_union and isinstance(part, str) and part in _UNION_TAGS:
+            continue  # pydantic names the union member it tried; the key path does not
         if isinstance(part, int):
             path += f"[{part}]"
         else:
@@ -278,6 +453,51 @@ def _resolve_tokens(
             )
         seen[api_token.sha256] = where
     return tuple(tokens), problems
+
+
+def decode_webhook_secret(value: str) -> bytes:
+    """The HMAC key in a `whsec_<base64>` secret; ValueError (never quoting it) otherwise."""
+    prefix = "whsec_"
+    if not value.startswith(prefix):
+        raise ValueError("a webhook secret is whsec_ followed by base64")
+    encoded = value.removeprefix(prefix)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not valid base64") from None
+    if not 16 <= len(key) <= 128:
+        raise ValueError("a webhook secret holds 16 to 128 bytes (Standard Webhooks: 24 to 64)")
+    return key
+
+
+def _resolve_webhooks(
+    config: Config, base_dir: Path | None, env: Mapping[str, str]
+) -> tuple[dict[str, tuple[bytes, ...]], list[Problem]]:
+    """Check each webhook's orgs and read its secrets; problems name the key, never a value."""
+    keys: dict[str, tuple[bytes, ...]] = {}
+    problems: list[Problem] = []
+    slugs = {o.slug for o in config.orgs}
+    for i, hook in enumerate(config.webhooks):
+        path = f"webhooks[{i}]"
+        for j, org in enumerate(hook.orgs):
+            if org not in slugs:
+                problems.append(Problem(f"{path}.orgs[{j}]", f"no org {org!r} in the config"))
+        found: list[bytes] = []
+        sources = (
+            ("secret", hook.secret_file, hook.secret_env),
+            ("previous_secret", hook.previous_secret_file, hook.previous_secret_env),
+        )
+        for stem, file, variable in sources:
+            if file is None and variable is None:
+                continue
+            key = f"{stem}_env" if variable is not None else f"{stem}_file"
+            try:
+                secret = read_secret(file=file, env=variable, base_dir=base_dir, environ=env)
+                found.append(decode_webhook_secret(secret))
+            except ValueError as exc:  # SecretError is one
+                problems.append(Problem(f"{path}.{key}", str(exc)))
+        keys[hook.name] = tuple(found)
+    return keys, problems
 
 
 def _relative_to(path: Path, base_dir: Path | None) -> Path:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -41,3 +44,15 @@ def format_duration(value: timedelta) -> str:
     if total_ms:
         parts.append(f"{total_ms}ms")
     return "".join(parts)
+
+
+def _coerce(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("durations are strings such as '90s', '2m' or '24h'")
+    return parse_duration(value)
+
+
+# A config field holding a duration: written as a string, held as a timedelta.
+Duration = Annotated[timedelta, BeforeValidator(_coerce)]

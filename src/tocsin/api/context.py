@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from tocsin.api.auth import TokenBook
+from tocsin.api.errors import Handler
 from tocsin.config import OrgConfig, Settings
 from tocsin.tickets.store import TicketStore
 
@@ -17,15 +18,19 @@ class ApiContext:
     tokens: TokenBook
     orgs: dict[str, OrgConfig]
     base_url: str
+    ping: Handler | None = None  # push heartbeats: the monitor's handler, when it has push subjects
 
     @classmethod
-    def build(cls, settings: Settings, store: TicketStore) -> ApiContext:
+    def build(
+        cls, settings: Settings, store: TicketStore, ping: Handler | None = None
+    ) -> ApiContext:
         config = settings.config
         return cls(
             store=store,
             tokens=TokenBook(settings.tokens),
             orgs={org.slug: org for org in config.orgs},
             base_url=config.server.base_url,
+            ping=ping,
         )
 
     def org(self, slug: str) -> OrgConfig | None:

@@ -116,6 +116,8 @@ async def read_json_object(request: web.Request) -> bytes:
         parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # "[[[[..." within 64 KiB is enough to exhaust the decoder's stack
+        raise ApiError(400, "malformed_json", "the body's JSON is nested too deeply") from None
     if not isinstance(parsed, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object")
     return body

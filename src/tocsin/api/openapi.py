@@ -65,7 +65,7 @@ def build_document(routes: tuple[Route, ...]) -> dict[str, Any]:
 
 
 def _path_schema(name: str) -> dict[str, Any]:
-    if name == "seq":
+    if name in ("seq", "delivery_id"):
         return {"type": "integer", "minimum": 1}
     return {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"}
 

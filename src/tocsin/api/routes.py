@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
-from tocsin.api import schemas, tickets
+from tocsin.api import schemas, subjects, tickets, webhooks
 from tocsin.api.context import API_CONTEXT
-from tocsin.api.errors import Handler
+from tocsin.api.errors import ApiError, Handler
 from tocsin.api.openapi import build_document
 
 
@@ -32,10 +32,11 @@ class Route:
     body: type[BaseModel] | None = None
     responses: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     query: tuple[QueryParam, ...] = ()
+    name: str | None = None  # when one handler serves two methods
 
     @property
     def operation_id(self) -> str:
-        return self.handler.__name__
+        return self.name or self.handler.__name__
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -49,6 +50,14 @@ async def readyz(request: web.Request) -> web.Response:
         checks = {"store": f"unreachable: {type(exc).__name__}"}
         return web.json_response({"status": "unavailable", "checks": checks}, status=503)
     return web.json_response({"status": "ok", "checks": {"store": "ok"}})
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    """Push heartbeats: GET or POST /ping/{key} (?status=fail for an explicit failure)."""
+    handler = request.app[API_CONTEXT].ping
+    if handler is None:
+        raise ApiError(404, "not_found", "no push heartbeats are configured", "key")
+    return await handler(request)
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -98,6 +107,22 @@ _WRITE_ERRORS: dict[int, type[BaseModel] | None] = {
 }
 
 ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET",
+        "/ping/{key}",
+        ping,
+        "A push heartbeat (text answer: OK).",
+        responses={200: None, 400: None, 404: None},
+        name="ping_get",
+    ),
+    Route(
+        "POST",
+        "/ping/{key}",
+        ping,
+        "A push heartbeat; the body may say status=fail.",
+        responses={200: None, 400: None, 404: None},
+        name="ping_post",
+    ),
     Route("GET", "/healthz", healthz, "The process is alive.", responses={200: schemas.HealthOut}),
     Route(
         "GET",
@@ -177,6 +202,14 @@ ROUTES: tuple[Route, ...] = (
         responses={200: schemas.TicketDetailOut, **_WRITE_ERRORS},
     ),
     Route(
+        "GET",
+        "/api/v1/orgs/{org}/subjects",
+        subjects.list_subjects,
+        "Every subject's health, since when, last probe result and open ticket.",
+        ("read",),
+        responses={200: subjects.SubjectListOut, 401: _ERR, 403: _ERR, 404: _ERR},
+    ),
+    Route(
         "POST",
         TICKET + "/comments",
         tickets.add_comment,
@@ -184,5 +217,50 @@ ROUTES: tuple[Route, ...] = (
         ("write", "workflow"),
         body=schemas.CommentIn,
         responses={201: schemas.TicketDetailOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "GET",
+        "/api/v1/orgs/{org}/webhooks/deliveries",
+        webhooks.list_deliveries,
+        "Webhook deliveries, newest first.",
+        ("write",),
+        responses={
+            200: webhooks.DeliveryListOut,
+            400: _ERR,
+            401: _ERR,
+            403: _ERR,
+            404: _ERR,
+            422: _ERR,
+        },
+        query=(
+            QueryParam(
+                "status",
+                "Filter by status; repeat or comma-separate for several.",
+                {"type": "string", "enum": ["pending", "delivering", "delivered", "failed"]},
+                repeatable=True,
+            ),
+            QueryParam("endpoint", "Filter by webhook name.", {"type": "string"}),
+            QueryParam(
+                "limit",
+                "Page size.",
+                {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+            ),
+            QueryParam("cursor", "The next_cursor of the previous page.", {"type": "string"}),
+        ),
+    ),
+    Route(
+        "POST",
+        "/api/v1/orgs/{org}/webhooks/deliveries/{delivery_id}/redeliver",
+        webhooks.redeliver,
+        "Send a delivery again now, with its webhook-id and a fresh retry schedule.",
+        ("write",),
+        responses={
+            200: webhooks.DeliveryOut,
+            400: _ERR,
+            401: _ERR,
+            403: _ERR,
+            404: _ERR,
+            409: _ERR,
+        },
     ),
 )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -121,4 +122,81 @@ triggers = Table(
     Column("type", String(32), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("data", JSON, nullable=False),
+)
+
+# -- webhook delivery (migration 0002) -----------------------------------------------------------
+
+# One row per configured webhook endpoint (created when the delivery worker starts): its health,
+# whether it is disabled, and the endpoint-wide backoff while it fails.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    Column("disabled_reason", String(200), nullable=True),
+    Column("failing_since", UTCDateTime, nullable=True),
+    Column("consecutive_failures", Integer, nullable=False),
+    Column("paused_until", UTCDateTime, nullable=True),
+    Column("last_success_at", UTCDateTime, nullable=True),
+    Column("last_failure_at", UTCDateTime, nullable=True),
+    Column("last_error", String(500), nullable=True),
+)
+
+# One row per (trigger, subscribed endpoint): all delivery state lives here, none in memory.
+# status: pending -> delivering (claimed, leased until claimed_until) -> delivered | failed,
+# or back to pending with a later next_attempt_at. msg_id is the webhook-id, stable on retries.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("trigger_id", Id, ForeignKey("triggers.id"), nullable=False),
+    Column("endpoint", String(64), ForeignKey("webhook_endpoints.name"), nullable=False),
+    Column("org", String(64), nullable=False),
+    Column("ticket_id", Id, ForeignKey("tickets.id"), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("msg_id", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_until", UTCDateTime, nullable=True),
+    Column("claim_token", String(32), nullable=True),  # which claim won it (see outbox.claim)
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("last_status", Integer, nullable=True),
+    Column("last_error", String(500), nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    UniqueConstraint("trigger_id", "endpoint"),
+    Index("ix_deliveries_endpoint_status_id", "endpoint", "status", "id"),
+    Index("ix_deliveries_endpoint_ticket_id_id", "endpoint", "ticket_id", "id"),
+    Index("ix_deliveries_org_status_id", "org", "status", "id"),
+)
+
+# How far a consumer of the triggers outbox has read (name "webhooks": the fan-out).
+outbox_cursors = Table(
+    "outbox_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", Id, nullable=False),
+)
+
+# -- health monitor (migration 0003) -------------------------------------------------------------
+
+# The tracker's state per subject, persisted beside the tickets so a restart loses no window:
+# `state` is the tracker's own JSON (wall-clock UTC times); the other columns are for readers
+# (the subjects API, `tocsin subjects`) that must not parse it.
+subject_states = Table(
+    "subject_states",
+    metadata,
+    Column("org", String(64), primary_key=True),
+    Column("subject_type", String(16), primary_key=True),
+    Column("subject_id", String(128), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("health", String(16), nullable=False),
+    Column("flapping", Boolean, nullable=False),
+    Column("since", UTCDateTime, nullable=True),
+    Column("ticket_seq", Integer, nullable=True),
+    Column("last_result", JSON, nullable=True),
+    Column("state", JSON, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )

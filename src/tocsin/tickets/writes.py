@@ -107,7 +107,7 @@ _NEXT_SEQ = {name: _next_seq_statement(name) for name in ("sqlite", "postgresql"
 def open_ticket(conn: Connection, request: OpenRequest, now: datetime) -> Change:
     """Open a ticket; or, by the product's rules, answer with the one that already exists."""
     org = request.org
-    if request.source is Source.WORKFLOW and request.dedup_key is not None:
+    if request.dedup_key is not None:  # a workflow's, or the monitor's own (never a user's)
         existing = _first(conn, _BY_DEDUP_KEY, org=org, key=request.dedup_key)
         if existing is not None:
             return Change(existing, None, OpenOutcome.DEDUPLICATED)

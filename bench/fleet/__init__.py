@@ -1,0 +1,1 @@
+"""Helpers of bench/bench_fleet.py: the simulated fleet, the capacity loops, /proc sampling."""

@@ -1,0 +1,65 @@
+"""GET /api/v1/orgs/{org}/subjects: every monitored subject's health, since when, the last
+probe result and its open ticket (from the tracker's persisted state, flushed every few
+seconds by the monitor)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from tocsin.api.auth import authenticate, require
+from tocsin.api.context import API_CONTEXT
+from tocsin.monitor import states
+from tocsin.tickets.model import rfc3339, ticket_url
+
+
+class SubjectRefOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str
+    id: str
+    name: str
+
+
+class SubjectHealthOut(BaseModel):
+    """A subject's health as the monitor last saw it."""
+
+    model_config = ConfigDict(extra="forbid")
+    subject: SubjectRefOut
+    health: Literal["unknown", "up", "failing", "down", "recovering"]
+    flapping: bool
+    since: str | None
+    last_result: dict[str, Any] | None
+    ticket_seq: int | None
+    ticket_url: str | None
+    updated_at: str
+
+
+class SubjectListOut(BaseModel):
+    """Every subject of the org."""
+
+    model_config = ConfigDict(extra="forbid")
+    subjects: list[SubjectHealthOut]
+
+
+def subject_json(row: states.StateRow, base_url: str) -> dict[str, Any]:
+    return {
+        "subject": {"type": row.key.type, "id": row.key.id, "name": row.name},
+        "health": row.health,
+        "flapping": row.flapping,
+        "since": rfc3339(row.since) if row.since else None,
+        "last_result": row.last_result,
+        "ticket_seq": row.ticket_seq,
+        "ticket_url": ticket_url(base_url, row.key.org, row.ticket_seq) if row.ticket_seq else None,
+        "updated_at": rfc3339(row.updated_at),
+    }
+
+
+async def list_subjects(request: web.Request) -> web.Response:
+    context = request.app[API_CONTEXT]
+    token = authenticate(request, context.tokens)
+    org = request.match_info["org"]
+    require(token, org, frozenset({"read"}))
+    rows = await states.load(context.store.database.read, org)
+    return web.json_response({"subjects": [subject_json(r, context.base_url) for r in rows]})

@@ -1,0 +1,627 @@
+"""MQTT: one connection per broker, device liveness from what the devices publish.
+
+A `BrokerMonitor` holds one aiomqtt connection to one `[[mqtt.brokers]]` entry, subscribes to
+what its subjects need and reports through the sink, on edges only (a change of health or of
+error class); the tracker's ticks carry time between them.
+
+Subjects and keys:
+- The broker itself is `SubjectKey(org, "integration", "mqtt-broker:NAME")`, for the broker's
+  `org` when set, else for every org that has a device on it (each org sees why its devices
+  went quiet). Healthy once connected and subscribed; unhealthy (`integration_unreachable`,
+  or `integration_credentials_invalid` when the broker refuses the login) when it cannot
+  connect or loses the connection. Reconnects use exponential backoff with jitter.
+- While the broker is down every device on it is `unknown` (once, on the edge): nobody can
+  tell whether a device is up, so none opens a ticket of its own.
+- A device is healthy / unhealthy (`device_offline`) from:
+  * a status topic carrying `online` / `offline` payloads (Home Assistant availability,
+    Tasmota LWT): retained messages and Last Will messages count alike;
+  * a heartbeat: any live message on the device's topics within `heartbeat_timeout`;
+  * Sparkplug B: NBIRTH marks the edge node online and records its bdSeq; NDEATH marks it
+    offline unless its bdSeq differs from the last NBIRTH's (a stale death racing a rebirth).
+- Retained messages tell the last state, not that the device lives: a retained message is as
+  old as anyone's guess. With a heartbeat configured, a retained `online` is only a claim: if
+  no live message follows within `heartbeat_timeout` of subscribing it is stale, and the device
+  is unhealthy. Without a heartbeat, a retained `online` is taken as online, which is what the
+  status-topic convention promises: the broker replaces it with the Last Will when the device's
+  connection dies (a broker that lost its state in a restart can leave it stale: add a
+  heartbeat where that matters). A retained `offline` is always believed.
+- Discovery (`[[mqtt.brokers.discovery]]`): a pattern such as `site/+/status` whose `+` names the
+  device; an unknown name becomes `SubjectKey(org, "device", id_template.format(id=name))`,
+  announced once through `on_discovered(key, name)` before its first observation. Ids that a
+  configured subject already has are left to it.
+
+Time: heartbeats are measured on `context.monotonic`; `run` calls `check_timeouts(now)` every
+second, and tests may call it with a fake clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Annotated, Literal
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from pydantic import Field, field_validator, model_validator
+
+from tocsin.durations import Duration
+from tocsin.probes import sparkplug
+from tocsin.probes.base import ProbeContext, Sink, SpecModel
+from tocsin.probes.observation import Health, Observation, SubjectKey
+from tocsin.secrets import SecretError, read_secret
+
+log = structlog.get_logger("tocsin.probes.mqtt")
+
+SUBSCRIBE_BATCH = 200  # filters per SUBSCRIBE packet
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def _check_filter(value: str, *, wildcards: bool) -> str:
+    if not value or len(value.encode()) > 65535 or "\0" in value:
+        raise ValueError("a topic must be 1-65535 bytes without NUL")
+    levels = value.split("/")
+    for i, level in enumerate(levels):
+        if ("+" in level or "#" in level) and not wildcards:
+            raise ValueError(f"{value!r}: wildcards are not allowed here")
+        if ("+" in level and level != "+") or ("#" in level and level != "#"):
+            raise ValueError(f"{value!r}: a wildcard must fill a whole level")
+        if level == "#" and i != len(levels) - 1:
+            raise ValueError(f"{value!r}: '#' must be the last level")
+    return value
+
+
+class DiscoverySpec(SpecModel):
+    """Devices found by topic: `pattern = "site/+/status"`, the `+` level is the device name."""
+
+    pattern: str
+    org: Annotated[str, Field(min_length=1)]
+    online: str = "online"
+    offline: str = "offline"
+    id_template: str = "{id}"
+    name_template: str = "{id}"
+    heartbeat_timeout: Duration | None = None
+    max_devices: Annotated[int, Field(ge=1)] = 10_000
+
+    @field_validator("pattern")
+    @classmethod
+    def _one_plus(cls, value: str) -> str:
+        _check_filter(value, wildcards=True)
+        levels = value.split("/")
+        if levels.count("+") != 1 or "#" in levels:
+            raise ValueError("the pattern needs exactly one '+' (the device name) and no '#'")
+        return value
+
+    @field_validator("id_template", "name_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(id="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("a template may use only {id}") from None
+        return value
+
+    @property
+    def id_level(self) -> int:
+        return self.pattern.split("/").index("+")
+
+
+class BrokerSpec(SpecModel):
+    """[[mqtt.brokers]]: where to connect, as whom, and how to come back after a loss."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    host: Annotated[str, Field(min_length=1)]
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # 1883, or 8883 with tls
+    tls: bool = False
+    ca_file: str | None = None  # default: the system's CAs
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    keepalive: Duration = timedelta(seconds=60)
+    connect_timeout: Duration = timedelta(seconds=10)
+    reconnect_min: Duration = timedelta(seconds=1)
+    reconnect_max: Duration = timedelta(seconds=60)
+    org: str | None = None  # the org the broker's own ticket belongs to; default: its devices'
+    discovery: list[DiscoverySpec] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BrokerSpec:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give one of password_file or password_env")
+        has_password = self.password_file is not None or self.password_env is not None
+        if has_password and self.username is None:
+            raise ValueError("a password needs a username")
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file needs tls = true")
+        if self.reconnect_min.total_seconds() <= 0 or self.reconnect_max < self.reconnect_min:
+            raise ValueError("need 0 < reconnect_min <= reconnect_max")
+        if self.keepalive.total_seconds() < 1 or self.connect_timeout.total_seconds() <= 0:
+            raise ValueError("keepalive must be at least 1s and connect_timeout positive")
+        return self
+
+    @property
+    def effective_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+class SparkplugSpec(SpecModel):
+    group_id: Annotated[str, Field(min_length=1)]
+    edge_node_id: Annotated[str, Field(min_length=1)]
+
+    @field_validator("group_id", "edge_node_id")
+    @classmethod
+    def _plain_level(cls, value: str) -> str:
+        if any(c in value for c in "/+#"):
+            raise ValueError("Sparkplug ids may not contain '/', '+' or '#'")
+        return value
+
+
+class MqttProbeSpec(SpecModel):
+    """probe = { type = "mqtt", broker = "site", status_topic = "dev/x/status" }
+    and/or heartbeat_topic(s) + heartbeat_timeout, and/or sparkplug = { group_id, edge_node_id }.
+    """
+
+    type: Literal["mqtt"]
+    broker: str
+    status_topic: str | None = None
+    online: str = "online"
+    offline: str = "offline"
+    heartbeat_topic: str | None = None
+    heartbeat_topics: list[str] = []
+    heartbeat_timeout: Duration | None = None
+    sparkplug: SparkplugSpec | None = None
+
+    @field_validator("status_topic")
+    @classmethod
+    def _status_topic(cls, value: str | None) -> str | None:
+        return None if value is None else _check_filter(value, wildcards=False)
+
+    @field_validator("heartbeat_topic")
+    @classmethod
+    def _heartbeat_topic(cls, value: str | None) -> str | None:
+        return None if value is None else _check_filter(value, wildcards=True)
+
+    @field_validator("heartbeat_topics")
+    @classmethod
+    def _heartbeat_topics(cls, value: list[str]) -> list[str]:
+        return [_check_filter(v, wildcards=True) for v in value]
+
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> MqttProbeSpec:
+        if not (self.status_topic or self.all_heartbeat_topics or self.sparkplug):
+            raise ValueError("give a status_topic, heartbeat_topic(s) or sparkplug")
+        if self.all_heartbeat_topics and self.heartbeat_timeout is None:
+            raise ValueError("heartbeat topics need a heartbeat_timeout")
+        if self.heartbeat_timeout is not None and self.heartbeat_timeout.total_seconds() <= 0:
+            raise ValueError("heartbeat_timeout must be positive")
+        if self.online == self.offline:
+            raise ValueError("online and offline payloads must differ")
+        return self
+
+    @property
+    def all_heartbeat_topics(self) -> list[str]:
+        return (
+            [self.heartbeat_topic, *self.heartbeat_topics]
+            if self.heartbeat_topic
+            else list(self.heartbeat_topics)
+        )
+
+
+# --- what the monitor knows about one device ---------------------------------------------
+
+
+@dataclass
+class _Device:
+    key: SubjectKey
+    online: str
+    offline: str
+    heartbeat_timeout: float | None
+    watching: str  # the topics, for details
+    status: Literal["online", "offline"] | None = None
+    reason: str = ""  # what set the status, for details
+    bdseq: int | None = None
+    last_alive: float | None = None
+    window_start: float = 0.0
+    emitted: tuple[Health, str | None] | None = None
+
+    def forget(self, now: float) -> None:
+        """After a (re)connect nothing is known until the broker replays or the device speaks;
+        the heartbeat window starts at subscription."""
+        self.status = None
+        self.bdseq = None
+        self.last_alive = None
+        self.window_start = now
+
+    def judge(self, now: float) -> Observation | None:
+        """The device's health now, or None while there is nothing to go on yet."""
+        if self.status == "offline":
+            return Observation(
+                Health.UNHEALTHY, self.reason, kind_hint="device_offline", error_class="offline"
+            )
+        timeout = self.heartbeat_timeout
+        if timeout is not None:
+            since = self.last_alive if self.last_alive is not None else self.window_start
+            if now - since > timeout:
+                if self.last_alive is not None:
+                    detail = f"no message for {now - since:.0f} s (heartbeat timeout {timeout:g} s)"
+                elif self.status == "online":
+                    detail = f"{self.reason} is stale: no live message within {timeout:g} s"
+                else:
+                    detail = f"no message on {self.watching} within {timeout:g} s"
+                return Observation(
+                    Health.UNHEALTHY,
+                    detail,
+                    kind_hint="device_offline",
+                    error_class="heartbeat_timeout",
+                )
+            if self.last_alive is None:
+                return None  # a retained claim, or silence, still inside the window
+            return Observation(Health.HEALTHY, self.reason or f"message on {self.watching}")
+        if self.status == "online":
+            return Observation(Health.HEALTHY, self.reason)
+        return None
+
+
+@dataclass(frozen=True)
+class _Route:
+    device: _Device
+    role: Literal["status", "heartbeat"]
+
+
+@dataclass
+class _Discovery:
+    spec: DiscoverySpec
+    found: dict[str, _Device] = field(default_factory=dict)
+    capped: bool = False
+    levels: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.levels = self.spec.pattern.split("/")
+
+
+class BrokerMonitor:
+    """Watches one broker and the devices on it; `run()` until cancelled.
+
+    `subjects` maps each configured device's key to its probe spec (all on this broker).
+    `on_discovered(key, name)` is told of each device found through a discovery pattern,
+    before its first observation.
+    """
+
+    def __init__(
+        self,
+        broker: BrokerSpec,
+        subjects: Mapping[SubjectKey, MqttProbeSpec],
+        sink: Sink,
+        context: ProbeContext,
+        *,
+        on_discovered: Callable[[SubjectKey, str], None] | None = None,
+        tick: float = 1.0,
+    ) -> None:
+        self.broker = broker
+        self._sink = sink
+        self._context = context
+        self._on_discovered = on_discovered
+        self._tick = tick
+        self._password = self._read_password(broker, context)
+        self._tls = self._tls_context(broker, context) if broker.tls else None
+        self.connected = False
+        self._broker_emitted: tuple[Health, str | None] | None = None
+
+        self._devices: list[_Device] = []
+        self._configured: set[SubjectKey] = set(subjects)
+        self._exact: dict[str, list[_Route]] = {}
+        self._wild: list[tuple[list[str], _Route]] = []
+        self._sparkplug: dict[tuple[str, str], list[_Device]] = {}
+        self._filters: list[str] = []
+        for key, spec in subjects.items():
+            if spec.broker != broker.name:
+                raise ValueError(f"{key} is on broker {spec.broker!r}, not {broker.name!r}")
+            self._add_subject(key, spec)
+        self._discoveries = [_Discovery(d) for d in broker.discovery]
+        self._filters += [d.pattern for d in broker.discovery]
+        self._filters = list(dict.fromkeys(self._filters))
+        orgs = [broker.org] if broker.org else [k.org for k in subjects]
+        orgs += [] if broker.org else [d.org for d in broker.discovery]
+        self.broker_keys = [
+            SubjectKey(org, "integration", f"mqtt-broker:{broker.name}")
+            for org in dict.fromkeys(orgs)
+        ]
+
+    # --- setup -------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_password(broker: BrokerSpec, context: ProbeContext) -> str | None:
+        if broker.password_file is None and broker.password_env is None:
+            return None
+        return read_secret(
+            file=broker.password_file,
+            env=broker.password_env,
+            base_dir=context.base_dir,
+            environ=context.environ,
+        )
+
+    @staticmethod
+    def _tls_context(broker: BrokerSpec, context: ProbeContext) -> ssl.SSLContext:
+        ca_file = broker.ca_file
+        if ca_file is not None and context.base_dir is not None:
+            ca_file = str(context.base_dir / ca_file)  # an absolute ca_file stays as it is
+        try:
+            return ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SecretError(f"cannot load CA file {ca_file}: {reason}") from None
+
+    def _add_subject(self, key: SubjectKey, spec: MqttProbeSpec) -> None:
+        topics = [t for t in [spec.status_topic, *spec.all_heartbeat_topics] if t]
+        if spec.sparkplug:
+            sp = spec.sparkplug
+            topics.append(f"{sparkplug.NAMESPACE}/{sp.group_id}/+/{sp.edge_node_id}")
+        timeout = spec.heartbeat_timeout.total_seconds() if spec.heartbeat_timeout else None
+        device = _Device(key, spec.online, spec.offline, timeout, ", ".join(topics))
+        self._devices.append(device)
+        if spec.status_topic:
+            self._exact.setdefault(spec.status_topic, []).append(_Route(device, "status"))
+            self._filters.append(spec.status_topic)
+        for topic in spec.all_heartbeat_topics:
+            route = _Route(device, "heartbeat")
+            if "+" in topic or "#" in topic:
+                self._wild.append((topic.split("/"), route))
+            else:
+                self._exact.setdefault(topic, []).append(route)
+            self._filters.append(topic)
+        if spec.sparkplug:
+            node = (spec.sparkplug.group_id, spec.sparkplug.edge_node_id)
+            self._sparkplug.setdefault(node, []).append(device)
+            base = f"{sparkplug.NAMESPACE}/{node[0]}/+/{node[1]}"
+            self._filters += [base, f"{base}/+"]
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, watch and reconnect until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch_timeouts())
+            group.create_task(self._stay_connected())
+
+    async def _watch_timeouts(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            self.check_timeouts(self._context.monotonic())
+
+    async def _stay_connected(self) -> None:
+        broker = self.broker
+        client = aiomqtt.Client(
+            broker.host,
+            broker.effective_port,
+            username=broker.username,
+            password=self._password,
+            identifier=broker.client_id,
+            keepalive=max(1, round(broker.keepalive.total_seconds())),
+            timeout=broker.connect_timeout.total_seconds(),
+            tls_context=self._tls,
+        )
+        delay = broker.reconnect_min.total_seconds()
+        while True:
+            try:
+                async with client:
+                    await self._subscribe(client)
+                    self._connected()
+                    delay = broker.reconnect_min.total_seconds()
+                    async for message in client.messages:
+                        self._handle(message.topic.value, _payload(message.payload), message.retain)
+            except aiomqtt.MqttError as exc:
+                self._disconnected(exc)
+            # Equal jitter: at least half the delay, so a fleet of tocsins does not stampede.
+            await asyncio.sleep(delay / 2 + random.uniform(0, delay / 2))
+            delay = min(delay * 2, broker.reconnect_max.total_seconds())
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        for start in range(0, len(self._filters), SUBSCRIBE_BATCH):
+            batch = self._filters[start : start + SUBSCRIBE_BATCH]
+            granted = await client.subscribe([(topic, 1) for topic in batch])
+            codes = [c if isinstance(c, int) else int(c.value) for c in granted]
+            for topic, code in zip(batch, codes, strict=False):
+                if code >= 0x80:  # SUBACK failure
+                    log.warning("mqtt.subscribe_refused", broker=self.broker.name, topic=topic)
+
+    def _connected(self) -> None:
+        now = self._context.monotonic()
+        self.connected = True
+        for device in self._all_devices():
+            device.forget(now)
+        where = f"{self.broker.host}:{self.broker.effective_port}"
+        self._emit_broker(Observation(Health.HEALTHY, f"connected to {where}"))
+
+    def _disconnected(self, exc: aiomqtt.MqttError) -> None:
+        was_connected, self.connected = self.connected, False
+        error_class, kind = _classify(exc)
+        where = f"{self.broker.host}:{self.broker.effective_port}"
+        verb = "lost the connection to" if was_connected else "cannot connect to"
+        self._emit_broker(
+            Observation(Health.UNHEALTHY, f"{verb} {where}: {exc}", kind, error_class)
+        )
+        unknown = Observation(Health.UNKNOWN, f"MQTT broker {self.broker.name} is unreachable")
+        for device in self._all_devices():
+            self._emit(device, unknown)
+
+    # --- messages and time: synchronous; a test with a fake clock calls check_timeouts ---
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Take one message from the broker into account."""
+        now = self._context.monotonic()
+        for route in self._exact.get(topic, ()):
+            self._apply(route, topic, payload, retained, now)
+        levels = topic.split("/")
+        for pattern, route in self._wild:
+            if _matches(levels, pattern):
+                self._apply(route, topic, payload, retained, now)
+        if levels[0] == sparkplug.NAMESPACE:
+            self._sparkplug_message(topic, payload, retained, now)
+        for discovery in self._discoveries:
+            if _matches(levels, discovery.levels):
+                self._discover(discovery, levels, topic, payload, retained, now)
+
+    def check_timeouts(self, now: float) -> None:
+        """Report devices whose heartbeat ran out (and those that came back) as of `now`."""
+        if not self.connected:
+            return
+        for device in self._all_devices():
+            if device.heartbeat_timeout is not None:
+                self._update(device, now)
+
+    def _apply(self, route: _Route, topic: str, payload: bytes, retained: bool, now: float) -> None:
+        device = route.device
+        text = payload.decode("utf-8", errors="replace").strip()
+        if route.role == "status" and text in (device.online, device.offline):
+            device.status = "online" if text == device.online else "offline"
+            kept = "retained " if retained else ""
+            device.reason = f"{kept}{text!r} on {topic}"
+            if device.status == "online" and not retained:
+                device.last_alive = now
+        elif not retained:
+            device.last_alive = now
+            if device.status != "offline":
+                device.reason = f"message on {topic}"
+        self._update(device, now)
+
+    def _sparkplug_message(self, topic: str, payload: bytes, retained: bool, now: float) -> None:
+        parsed = sparkplug.parse_topic(topic)
+        if parsed is None or parsed.message_type not in sparkplug.NODE_MESSAGES:
+            return
+        devices = self._sparkplug.get((parsed.group_id, parsed.edge_node_id), ())
+        if not devices:
+            return
+        bdseq: int | None = None
+        if parsed.message_type in ("NBIRTH", "NDEATH"):
+            try:
+                bdseq = sparkplug.decode_bdseq(payload)
+            except sparkplug.SparkplugError as exc:
+                log.warning("mqtt.sparkplug_bad_payload", topic=topic, error=str(exc))
+        for device in devices:
+            if parsed.message_type == "NBIRTH":
+                device.status, device.bdseq = "online", bdseq
+                device.reason = f"NBIRTH on {topic} (bdSeq {bdseq})"
+            elif parsed.message_type == "NDEATH":
+                # Without a birth seen since (re)connecting there is nothing to compare: the
+                # death is the best news there is.
+                if device.bdseq is not None and bdseq is not None and bdseq != device.bdseq:
+                    # The broker publishes an old session's death certificate after the node
+                    # has already been born again: it is news about a connection now gone.
+                    log.info("mqtt.sparkplug_stale_ndeath", topic=topic, bdseq=bdseq)
+                    continue
+                device.status = "offline"
+                device.reason = f"NDEATH on {topic} (bdSeq {bdseq})"
+                self._update(device, now)
+                continue
+            elif device.status is None:
+                device.status = "online"  # data flows only after a birth we did not see
+                device.reason = f"{parsed.message_type} on {topic}"
+            if not retained:
+                device.last_alive = now
+            self._update(device, now)
+
+    def _discover(
+        self,
+        discovery: _Discovery,
+        levels: list[str],
+        topic: str,
+        payload: bytes,
+        retained: bool,
+        now: float,
+    ) -> None:
+        spec = discovery.spec
+        name = levels[spec.id_level]
+        device = discovery.found.get(name)
+        if device is None:
+            key = SubjectKey(spec.org, "device", spec.id_template.format(id=name))
+            if key in self._configured:
+                return  # configured explicitly: its own spec rules
+            if len(discovery.found) >= spec.max_devices:
+                if not discovery.capped:
+                    discovery.capped = True
+                    log.warning("mqtt.discovery_full", pattern=spec.pattern, max=spec.max_devices)
+                return
+            timeout = spec.heartbeat_timeout.total_seconds() if spec.heartbeat_timeout else None
+            device = _Device(key, spec.online, spec.offline, timeout, topic, window_start=now)
+            discovery.found[name] = device
+            if self._on_discovered is not None:
+                self._on_discovered(key, spec.name_template.format(id=name))
+        self._apply(_Route(device, "status"), topic, payload, retained, now)
+
+    # --- emitting, on edges ------------------------------------------------------------
+
+    def _all_devices(self) -> Iterable[_Device]:
+        yield from self._devices
+        for discovery in self._discoveries:
+            yield from discovery.found.values()
+
+    def _update(self, device: _Device, now: float) -> None:
+        if not self.connected:
+            return
+        observation = device.judge(now)
+        if observation is not None:
+            self._emit(device, observation)
+
+    def _emit(self, device: _Device, observation: Observation) -> None:
+        edge = (observation.health, observation.error_class)
+        if device.emitted != edge:
+            device.emitted = edge
+            self._sink(device.key, observation)
+
+    def _emit_broker(self, observation: Observation) -> None:
+        edge = (observation.health, observation.error_class)
+        if self._broker_emitted == edge:
+            return
+        self._broker_emitted = edge
+        log.info(
+            "mqtt.broker_" + ("up" if observation.healthy else "down"),
+            broker=self.broker.name,
+            detail=observation.detail,
+        )
+        for key in self.broker_keys:
+            self._sink(key, observation)
+
+
+def _classify(exc: aiomqtt.MqttError) -> tuple[str, str]:
+    """(error_class, kind_hint) for a connection failure."""
+    if isinstance(exc, aiomqtt.MqttCodeError):
+        code = exc.rc if isinstance(exc.rc, int) or exc.rc is None else exc.rc.value
+        # 3.1.1 CONNACK 4/5, MQTT 5 reason codes 0x86/0x87: bad login, not authorized
+        if code in (4, 5, 0x86, 0x87):
+            return "auth", "integration_credentials_invalid"
+        if isinstance(exc, MqttConnectError):
+            return "rejected", "integration_unreachable"
+    text = str(exc).lower()
+    for needle, error_class in (
+        ("refused", "refused"),
+        ("timed out", "timeout"),
+        ("name or service", "dns"),
+        ("name resolution", "dns"),
+        ("certificate", "tls"),
+        ("ssl", "tls"),
+        ("disconnected", "disconnected"),
+    ):
+        if needle in text:
+            return error_class, "integration_unreachable"
+    return "network", "integration_unreachable"
+
+
+def _matches(levels: list[str], pattern: list[str]) -> bool:
+    """Whether a topic (split on "/") matches a filter (split on "/"), with + and #."""
+    for i, want in enumerate(pattern):
+        if want == "#":
+            return True
+        if i >= len(levels) or (want != "+" and want != levels[i]):
+            return False
+    return len(levels) == len(pattern)
+
+
+def _payload(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return b"" if payload is None else str(payload).encode()

@@ -1,0 +1,269 @@
+"""The monitor's wiring of tracker and store, against a real SQLite store, with fake clocks:
+observations in, tickets (and their timelines) out; restarts; people's actions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tocsin.db.engine import Database
+from tocsin.monitor import states
+from tocsin.monitor.runtime import HealthMonitor
+from tocsin.probes.observation import Health, Observation, SubjectKey
+from tocsin.tickets.model import Actor, ActorType, EventType, Source, State
+from tocsin.tickets.store import TicketStore
+from tocsin.tracker import Windows
+
+CAM = SubjectKey("acme", "device", "cam-1")
+WINDOWS = Windows(
+    debounce=timedelta(minutes=2),
+    recovery=timedelta(minutes=1),
+    reopen_window=timedelta(hours=24),
+)
+PERSON = Actor(ActorType.USER, "dana")
+
+
+@dataclass
+class Clocks:
+    mono: float = 1000.0
+    wall: datetime = field(default_factory=lambda: datetime(2026, 5, 1, 8, 0, tzinfo=UTC))
+
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += timedelta(seconds=seconds)
+
+
+def up() -> Observation:
+    return Observation(Health.HEALTHY, "HTTP 200 in 12 ms", latency_ms=12.0)
+
+
+def down(detail: str = "HTTP 503 in 40 ms", error_class: str = "http_status") -> Observation:
+    return Observation(
+        Health.UNHEALTHY, detail, kind_hint="device_offline", error_class=error_class
+    )
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks()
+
+
+@pytest.fixture
+async def tickets(database: Database, clocks: Clocks) -> AsyncIterator[TicketStore]:
+    store = TicketStore(database, clock=lambda: clocks.wall)
+    store.start()
+    yield store
+    await store.close()
+
+
+async def new_monitor(store: TicketStore, clocks: Clocks) -> HealthMonitor:
+    monitor = HealthMonitor(store, monotonic=lambda: clocks.mono, wall=lambda: clocks.wall)
+    monitor.configure(CAM, "Lobby camera", WINDOWS)
+    await monitor.restore()
+    return monitor
+
+
+async def run_for(monitor: HealthMonitor, clocks: Clocks, seconds: int, obs: Observation) -> None:
+    """Probe every 10 s for `seconds`, ticking every 5 s (the daemon ticks each second; the
+    windows here are minutes long)."""
+    for second in range(0, seconds, 5):
+        if second % 10 == 0:
+            await monitor.handle_observation(CAM, obs)
+        clocks.advance(5)
+        await monitor.tick()
+
+
+async def monitor_tickets(store: TicketStore) -> list[int]:
+    page = await store.list_tickets("acme")
+    return sorted(t.seq for t in page.tickets if t.source is Source.HEALTH_MONITOR)
+
+
+async def test_it_opens_one_ticket_after_the_debounce_and_resolves_it_after_recovery(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 100, down())
+    assert await monitor_tickets(tickets) == []  # still inside the 2 min debounce
+    await run_for(monitor, clocks, 60, down())
+    assert await monitor_tickets(tickets) == [1]
+    ticket, timeline = await tickets.get("acme", 1)
+    assert ticket.state is State.OPEN
+    assert ticket.kind == "device_offline"
+    assert ticket.subject.name == "Lobby camera"
+    assert "HTTP 503" in ticket.description
+    assert timeline[0].actor == Actor.health_monitor()
+    await run_for(monitor, clocks, 90, up())
+    ticket, timeline = await tickets.get("acme", 1)
+    assert ticket.state is State.RESOLVED
+    assert timeline[-1].type is EventType.RESOLVED
+    assert timeline[-1].actor == Actor.health_monitor()
+    assert "recovered" in timeline[-1].payload["comment"].lower()
+
+
+async def test_a_healthy_probe_inside_the_debounce_opens_nothing(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    for _ in range(10):
+        await run_for(monitor, clocks, 60, down())
+        await run_for(monitor, clocks, 10, up())
+    assert await monitor_tickets(tickets) == []
+
+
+async def test_it_reopens_inside_the_window_and_opens_a_new_ticket_after_it(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await run_for(monitor, clocks, 90, up())
+    clocks.advance(3600)  # an hour later, well inside the reopen window
+    await run_for(monitor, clocks, 150, down())
+    assert await monitor_tickets(tickets) == [1]
+    ticket, timeline = await tickets.get("acme", 1)
+    assert ticket.state is State.OPEN
+    assert [e.type for e in timeline if e.type is not EventType.COMMENT] == [
+        EventType.OPENED,
+        EventType.RESOLVED,
+        EventType.REOPENED,
+    ]
+    await run_for(monitor, clocks, 90, up())
+    clocks.advance(25 * 3600)  # past the 24 h reopen window
+    await run_for(monitor, clocks, 150, down())
+    assert await monitor_tickets(tickets) == [1, 2]
+    assert (await tickets.get("acme", 2))[0].state is State.OPEN
+
+
+async def test_a_restart_mid_outage_opens_no_duplicate_and_resolves_nothing_early(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await monitor.save(force=True)
+    assert await monitor_tickets(tickets) == [1]
+
+    clocks.mono = 5.0  # a new process: another monotonic origin
+    clocks.advance(30)
+    restarted = await new_monitor(tickets, clocks)
+    rows = await states.load(tickets.database.read)
+    assert rows[0].ticket_seq == 1
+    assert restarted.subjects()[CAM].state.health.value == "unknown"
+    await run_for(restarted, clocks, 150, down())
+    assert await monitor_tickets(tickets) == [1]  # no duplicate
+    await run_for(restarted, clocks, 30, up())
+    assert (await tickets.get("acme", 1))[0].state is State.OPEN  # not before the recovery window
+    await run_for(restarted, clocks, 60, up())
+    assert (await tickets.get("acme", 1))[0].state is State.RESOLVED
+
+
+async def test_a_pending_reopen_survives_a_restart(tickets: TicketStore, clocks: Clocks) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await run_for(monitor, clocks, 90, up())
+    await monitor.save(force=True)
+    assert (await tickets.get("acme", 1))[0].state is State.RESOLVED
+    clocks.mono = 1.0
+    clocks.advance(3600)
+    restarted = await new_monitor(tickets, clocks)
+    await run_for(restarted, clocks, 150, down())
+    assert await monitor_tickets(tickets) == [1]
+    assert (await tickets.get("acme", 1))[0].state is State.OPEN
+
+
+async def test_a_wall_clock_jump_opens_and_resolves_nothing(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 60, down())
+    clocks.wall += timedelta(days=3)  # NTP step: only the wall clock moves
+    await monitor.handle_observation(CAM, down())
+    await monitor.tick()
+    assert await monitor_tickets(tickets) == []
+
+
+async def test_a_person_resolving_a_failing_subject_gets_it_reopened(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await tickets.resolve("acme", 1, PERSON, "rebooted it")
+    await run_for(monitor, clocks, 60, down())
+    assert (await tickets.get("acme", 1))[0].state is State.RESOLVED  # debounce again first
+    await run_for(monitor, clocks, 90, down())
+    ticket, timeline = await tickets.get("acme", 1)
+    assert ticket.state is State.OPEN
+    assert timeline[-1].type is EventType.REOPENED or any(
+        e.type is EventType.REOPENED and e.actor == Actor.health_monitor() for e in timeline
+    )
+    assert await monitor_tickets(tickets) == [1]
+
+
+async def test_a_ticket_a_person_reopened_is_theirs_to_resolve(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await run_for(monitor, clocks, 90, up())
+    await tickets.reopen("acme", 1, PERSON, "still flickering")
+    await run_for(monitor, clocks, 30, down())
+    await run_for(monitor, clocks, 300, up())
+    ticket, timeline = await tickets.get("acme", 1)
+    assert ticket.state is State.OPEN
+    assert timeline[-1].type is EventType.COMMENT
+    assert timeline[-1].actor == Actor.health_monitor()
+    assert "recovered" in timeline[-1].payload["body"].lower()
+
+
+async def test_a_person_resolving_while_the_daemon_was_down_is_seen_at_start(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await monitor.save(force=True)
+    await tickets.resolve("acme", 1, PERSON)
+    clocks.mono = 1.0
+    restarted = await new_monitor(tickets, clocks)
+    ticket_state = restarted.subjects()[CAM].state.ticket
+    assert ticket_state is not None
+    assert not ticket_state.open
+    await run_for(restarted, clocks, 150, down())
+    assert await monitor_tickets(tickets) == [1]  # reopened, not duplicated
+    assert (await tickets.get("acme", 1))[0].state is State.OPEN
+
+
+async def test_an_open_monitor_ticket_with_no_saved_state_is_adopted(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await tickets.writer.run(lambda conn: states.forget(conn, [CAM]))  # state lost
+    clocks.mono = 1.0
+    restarted = await new_monitor(tickets, clocks)
+    await run_for(restarted, clocks, 150, down())
+    await run_for(restarted, clocks, 90, up())
+    assert await monitor_tickets(tickets) == [1]
+    assert (await tickets.get("acme", 1))[0].state is State.RESOLVED
+
+
+async def test_a_change_in_the_failures_nature_is_a_comment_not_a_new_ticket(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 150, down())
+    await run_for(monitor, clocks, 30, down("timeout after 5 s", "timeout"))
+    _, timeline = await tickets.get("acme", 1)
+    assert await monitor_tickets(tickets) == [1]
+    comments = [e for e in timeline if e.type is EventType.COMMENT]
+    assert len(comments) == 1
+    assert "timeout" in comments[0].payload["body"]
+
+
+async def test_an_unknown_observation_opens_nothing(tickets: TicketStore, clocks: Clocks) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 60, down())
+    await run_for(monitor, clocks, 600, Observation(Health.UNKNOWN, "broker unreachable"))
+    assert await monitor_tickets(tickets) == []
+    rows = await states.load(tickets.database.read)
+    assert rows[0].health == "unknown"

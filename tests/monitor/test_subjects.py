@@ -1,0 +1,112 @@
+"""What people see of the monitor: GET /subjects and `tocsin subjects`, `tocsin ping-url`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from tests.conftest import Api, config_text
+from tocsin.cli import main
+from tocsin.monitor.runtime import HealthMonitor
+from tocsin.probes.observation import Health, Observation, SubjectKey
+from tocsin.probes.push import PushRegistry, PushSpec
+from tocsin.tickets.store import TicketStore
+from tocsin.tracker import Windows
+
+CAM = SubjectKey("acme", "device", "cam-1")
+DOOR = SubjectKey("acme", "device", "door-2")
+OTHER_ORG = SubjectKey("beta", "device", "pump")
+
+
+async def seed(store: TicketStore) -> None:
+    clock = [100.0]
+    monitor = HealthMonitor(store, monotonic=lambda: clock[0])
+    for key, name in ((CAM, "Lobby camera"), (DOOR, "Back door"), (OTHER_ORG, "Pump")):
+        monitor.configure(key, name, Windows())
+    await monitor.restore()
+    await monitor.handle_observation(
+        CAM,
+        Observation(
+            Health.UNHEALTHY,
+            "HTTP 503 in 3 ms",
+            kind_hint="device_offline",
+            error_class="http_status",
+        ),
+    )
+    await monitor.handle_observation(DOOR, Observation(Health.HEALTHY, "HTTP 200 in 2 ms"))
+    await monitor.save(force=True)
+
+
+async def test_the_api_lists_each_subjects_health_for_the_tokens_org_only(
+    api: Api, store: TicketStore
+) -> None:
+    await seed(store)
+    status, body = await api.call("GET", "/api/v1/orgs/acme/subjects", token="acme-read")
+    assert status == 200
+    by_id = {s["subject"]["id"]: s for s in body["subjects"]}  # type: ignore[union-attr]
+    assert set(by_id) == {"cam-1", "door-2"}
+    assert by_id["cam-1"]["health"] == "failing"  # in debounce
+    assert by_id["cam-1"]["last_result"]["detail"] == "HTTP 503 in 3 ms"
+    assert by_id["cam-1"]["ticket_seq"] is None
+    assert by_id["door-2"]["health"] == "up"
+    assert by_id["door-2"]["subject"]["name"] == "Back door"
+    status, _ = await api.call("GET", "/api/v1/orgs/beta/subjects", token="acme-read")
+    assert status == 404
+    status, _ = await api.call("GET", "/api/v1/orgs/acme/subjects", token=None)
+    assert status == 401
+
+
+async def test_the_cli_shows_subjects(store: TicketStore, db_url: str, tmp_path: Path) -> None:
+    await seed(store)
+    config = tmp_path / "tocsin.toml"
+    config.write_text(config_text(db_url))
+    # The CLI runs its own event loop: call it from a thread, as a shell would from outside.
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["subjects", "--config", str(config), "--org", "acme", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["subject"]["id"] for r in rows] == ["cam-1", "door-2"]
+    table = await asyncio.to_thread(
+        CliRunner().invoke, main, ["subjects", "--config", str(config), "--org", "acme"]
+    )
+    assert table.exit_code == 0
+    assert "debounce" in table.output  # the table may wrap "(in debounce)"
+
+
+def test_ping_url_prints_the_key_the_daemon_will_accept(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "tocsin.toml"
+    config.write_text(
+        config_text(
+            db_url,
+            extra="""
+[[devices]]
+org = "acme"
+id = "backup-job"
+name = "Nightly backup"
+probe = { type = "push", timeout = "26h" }
+""",
+        )
+    )
+    result = CliRunner().invoke(
+        main, ["ping-url", "backup-job", "--config", str(config), "--org", "acme"]
+    )
+    assert result.exit_code == 0, result.output
+    url = result.output.strip()
+    assert url.startswith("http://tocsin.test/ping/")
+    secret = (tmp_path / "push-secret").read_bytes().strip()
+    registry = PushRegistry(secret)
+    key = registry.register(
+        SubjectKey("acme", "device", "backup-job"),
+        PushSpec(type="push", timeout="26h"),
+        now_mono=0.0,
+    )  # type: ignore[arg-type]
+    assert url.endswith("/" + key)
+    assert registry.ping(key, 1.0) == SubjectKey("acme", "device", "backup-job")
+    missing = CliRunner().invoke(
+        main, ["ping-url", "nope", "--config", str(config), "--org", "acme"]
+    )
+    assert missing.exit_code == 2
