@@ -1,67 +1,164 @@
-"""The composition root: `run(settings, stop)` wires store, API and (as they arrive) probes,
-tracker and webhook delivery, and runs them until `stop` is set. Signals are the CLI's business,
-so a test can embed the daemon and stop it with an event."""
+"""The composition root: a `Daemon` wires store, API, health monitor and webhook delivery and
+runs them under one TaskGroup until `stop` is set. Signals are the CLI's business, so a test
+embeds the daemon with `run(settings, stop)` and reloads it through the `reloads` queue.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
+from tocsin import sdnotify
 from tocsin.api.app import make_app
+from tocsin.api.context import API_CONTEXT
 from tocsin.config import Settings, split_host_port
 from tocsin.db import migrate
 from tocsin.db.engine import open_database
+from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.monitor.service import MonitorService
 from tocsin.tickets.store import TicketStore
+from tocsin.tracker import SubjectHealth
 
 log = structlog.get_logger("tocsin")
 
 ReadyCallback = Callable[[list[tuple[str, int]]], None]
+STATUS_EVERY = 10.0  # seconds between STATUS= summaries to systemd
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = open_database(settings.store_url)
+        self.store = TicketStore(self.db)
+        self.monitor = MonitorService(settings, self.store)
+        self.app = make_app(
+            settings, self.store, ping=self.monitor.handle_ping, subjects=self.monitor.monitor.rows
+        )
+        self._webhooks: tuple[DeliveryWorker, asyncio.Event, asyncio.Task[None]] | None = None
+        self._webhooks_pending = 0
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        on_ready: ReadyCallback | None = None,
+        reloads: asyncio.Queue[Settings] | None = None,
+    ) -> None:
+        runner: web.AppRunner | None = None
+        try:
+            await migrate.upgrade(self.db)
+            self.store.start()
+            runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5)
+            await runner.setup()
+            host, port = split_host_port(self.settings.config.server.listen)
+            await web.TCPSite(runner, host, port).start()
+            addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
+            async with asyncio.TaskGroup() as group:
+                self._start_webhooks(group)
+                group.create_task(self.monitor.run(stop), name="tocsin-health-monitor")
+                group.create_task(
+                    sdnotify.watchdog(
+                        sdnotify.watchdog_interval(), self.status, every=STATUS_EVERY, stop=stop
+                    ),
+                    name="tocsin-watchdog",
+                )
+                counter = group.create_task(self._count_pending_webhooks(), name="status")
+                if reloads is not None:
+                    reloader = group.create_task(self._reloads(reloads, group), name="reload")
+                log.info(
+                    "tocsin ready",
+                    listen=[f"{h}:{p}" for h, p in addresses],
+                    orgs=[o.slug for o in self.settings.config.orgs],
+                )
+                sdnotify.notify("READY=1", f"STATUS={self.status()}")
+                if on_ready is not None:
+                    on_ready(addresses)
+                await stop.wait()
+                sdnotify.notify("STOPPING=1")
+                counter.cancel()
+                if reloads is not None:
+                    reloader.cancel()
+                await self._stop_webhooks()
+        finally:
+            log.info("tocsin stopping")
+            if runner is not None:
+                await runner.cleanup()
+            await self.store.close()
+            await self.db.dispose()
+            log.info("tocsin stopped")
+
+    def status(self) -> str:
+        """One line for systemd's STATUS=: subjects, how many down, webhooks in flight."""
+        subjects = self.monitor.monitor.subjects().values()
+        down = sum(1 for s in subjects if s.state.health is SubjectHealth.DOWN)
+        return sdnotify.status_line(len(subjects), down, self._webhooks_pending)
+
+    async def _count_pending_webhooks(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a summary is not worth a crash
+                self._webhooks_pending = await ops.pending_count(self.db.read)
+            await asyncio.sleep(STATUS_EVERY)
+
+    async def reload(self, settings: Settings, group: asyncio.TaskGroup) -> None:
+        """Apply a new, already validated config without a restart."""
+        old = self.settings
+        for key, what in (("store.url", "store_url"), ("server.listen", None)):
+            before = getattr(old, what) if what else old.config.server.listen
+            after = getattr(settings, what) if what else settings.config.server.listen
+            if before != after:
+                log.warning(
+                    "config reload: this key needs a restart; keeping the old value", key=key
+                )
+        self.settings = settings
+        self.app[API_CONTEXT].reload(settings)
+        changes = await self.monitor.apply(settings)
+        webhooks_changed = endpoints_from(old) != endpoints_from(settings) or delivery_settings(
+            old
+        ) != delivery_settings(settings)
+        if webhooks_changed:
+            await self._stop_webhooks()
+            self._start_webhooks(group)
+        log.info("config reloaded", webhooks_restarted=webhooks_changed, **changes)
+
+    async def _reloads(self, queue: asyncio.Queue[Settings], group: asyncio.TaskGroup) -> None:
+        while True:
+            settings = await queue.get()
+            try:
+                await self.reload(settings, group)
+            except Exception:  # a reload must never take the running daemon down
+                log.exception("config reload failed; the daemon keeps running")
+
+    def _start_webhooks(self, group: asyncio.TaskGroup) -> None:
+        worker = DeliveryWorker(
+            self.store, endpoints_from(self.settings), delivery_settings(self.settings)
+        )
+        stop = asyncio.Event()
+        task = group.create_task(worker.run(stop), name="tocsin-webhooks")
+        self._webhooks = (worker, stop, task)
+
+    async def _stop_webhooks(self) -> None:
+        """Attempts in flight finish or are given back (they are leased, never lost)."""
+        if self._webhooks is not None:
+            _, stop, task = self._webhooks
+            self._webhooks = None
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def run(
-    settings: Settings, stop: asyncio.Event, *, on_ready: ReadyCallback | None = None
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    on_ready: ReadyCallback | None = None,
+    reloads: asyncio.Queue[Settings] | None = None,
 ) -> None:
-    """Run the daemon until `stop` is set; `on_ready` gets the bound API addresses."""
-    db = open_database(settings.store_url)
-    store = TicketStore(db)
-    runner: web.AppRunner | None = None
-    try:
-        await migrate.upgrade(db)
-        store.start()
-        # Webhooks: triggers the store wrote (also before a crash) go out from the outbox.
-        webhooks = DeliveryWorker(store, endpoints_from(settings), delivery_settings(settings))
-        # The health monitor: probes -> tracker -> tickets; push heartbeats arrive over the API.
-        monitor = MonitorService(settings, store)
-        runner = web.AppRunner(
-            make_app(settings, store, ping=monitor.ping), access_log=None, shutdown_timeout=5
-        )
-        await runner.setup()
-        host, port = split_host_port(settings.config.server.listen)
-        await web.TCPSite(runner, host, port).start()
-        addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
-        log.info(
-            "tocsin ready",
-            listen=[f"{h}:{p}" for h, p in addresses],
-            orgs=[o.slug for o in settings.config.orgs],
-        )
-        if on_ready is not None:
-            on_ready(addresses)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(stop.wait(), name="tocsin-stop")
-            # On stop it finishes its attempts in flight (or gives them back) before the store
-            # closes below.
-            group.create_task(webhooks.run(stop), name="tocsin-webhooks")
-            group.create_task(monitor.run(stop), name="tocsin-health-monitor")
-    finally:
-        log.info("tocsin stopping")
-        if runner is not None:
-            await runner.cleanup()
-        await store.close()
-        await db.dispose()
-        log.info("tocsin stopped")
+    """Run the daemon until `stop` is set; `on_ready` gets the bound API addresses; settings
+    put on `reloads` are applied in place."""
+    await Daemon(settings).run(stop, on_ready=on_ready, reloads=reloads)

@@ -93,16 +93,24 @@ def run(config_path: Path) -> None:
 
     async def serve() -> None:
         stop = asyncio.Event()
+        reloads: asyncio.Queue[Settings] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
-        def on_signal() -> None:
+        def on_stop() -> None:
             stop.set()
             # A stop should take a second or two; if it hangs, say where.
             loop.call_later(STOP_REPORT_AFTER, report_stuck_tasks)
 
+        def on_reload() -> None:
+            new = reload_settings(config_path)
+            if new is not None:
+                logs.configure(new.config.log.level, new.config.log.format)
+                reloads.put_nowait(new)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
-        await app.run(settings, stop)
+            loop.add_signal_handler(sig, on_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        await app.run(settings, stop, reloads=reloads)
 
     try:
         asyncio.run(serve())
@@ -113,6 +121,21 @@ def run(config_path: Path) -> None:
 
 
 STOP_REPORT_AFTER = 5.0
+
+
+def reload_settings(path: Path) -> Settings | None:
+    """The config at `path` for a reload (SIGHUP); None, with every problem logged, when it is
+    invalid: the running config then stays."""
+    log = structlog.get_logger("tocsin")
+    try:
+        return load(path)
+    except ConfigError as exc:
+        log.error(
+            "config reload refused: the new config is invalid; keeping the running one",
+            config=str(path),
+            problems=[str(p) for p in exc.problems],
+        )
+        return None
 
 
 def report_stuck_tasks() -> None:

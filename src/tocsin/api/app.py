@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from tocsin.api.context import API_CONTEXT, ApiContext
 from tocsin.api.errors import Handler, error_middleware
 from tocsin.api.routes import ROUTES
 from tocsin.config import Settings
+from tocsin.monitor.states import StateRow
 from tocsin.tickets.store import TicketStore
 
 MAX_BODY_BYTES = 64 * 1024
 
 
 def make_app(
-    settings: Settings, store: TicketStore, *, ping: Handler | None = None
+    settings: Settings,
+    store: TicketStore,
+    *,
+    ping: Handler | None = None,
+    subjects: Callable[[str], list[StateRow]] | None = None,
 ) -> web.Application:
-    """The API; `ping` serves /ping/{key} (push heartbeats) when the monitor has push subjects."""
+    """The API; the running monitor lends `ping` (serving /ping/{key}, push heartbeats) and
+    `subjects` (its live view of an org's subjects)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
-    app[API_CONTEXT] = ApiContext.build(settings, store, ping)
+    app[API_CONTEXT] = ApiContext.build(settings, store, ping, subjects)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
     return app

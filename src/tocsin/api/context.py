@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -9,20 +10,29 @@ from aiohttp import web
 from tocsin.api.auth import TokenBook
 from tocsin.api.errors import Handler
 from tocsin.config import OrgConfig, Settings
+from tocsin.monitor.states import StateRow
 from tocsin.tickets.store import TicketStore
 
 
-@dataclass(frozen=True)
+@dataclass
 class ApiContext:
+    """Mutable on purpose: a config reload swaps tokens, orgs and base URL in place."""
+
     store: TicketStore
     tokens: TokenBook
     orgs: dict[str, OrgConfig]
     base_url: str
     ping: Handler | None = None  # push heartbeats: the monitor's handler, when it has push subjects
+    # The monitor's live view of an org's subjects; without a monitor, the last saved state.
+    subjects: Callable[[str], list[StateRow]] | None = None
 
     @classmethod
     def build(
-        cls, settings: Settings, store: TicketStore, ping: Handler | None = None
+        cls,
+        settings: Settings,
+        store: TicketStore,
+        ping: Handler | None = None,
+        subjects: Callable[[str], list[StateRow]] | None = None,
     ) -> ApiContext:
         config = settings.config
         return cls(
@@ -31,7 +41,12 @@ class ApiContext:
             orgs={org.slug: org for org in config.orgs},
             base_url=config.server.base_url,
             ping=ping,
+            subjects=subjects,
         )
+
+    def reload(self, settings: Settings) -> None:
+        fresh = ApiContext.build(settings, self.store, self.ping)
+        self.tokens, self.orgs, self.base_url = fresh.tokens, fresh.orgs, fresh.base_url
 
     def org(self, slug: str) -> OrgConfig | None:
         return self.orgs.get(slug)

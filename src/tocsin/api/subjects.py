@@ -61,5 +61,8 @@ async def list_subjects(request: web.Request) -> web.Response:
     token = authenticate(request, context.tokens)
     org = request.match_info["org"]
     require(token, org, frozenset({"read"}))
-    rows = await states.load(context.store.database.read, org)
+    if context.subjects is not None:
+        rows = context.subjects(org)
+    else:
+        rows = await states.load(context.store.database.read, org)
     return web.json_response({"subjects": [subject_json(r, context.base_url) for r in rows]})

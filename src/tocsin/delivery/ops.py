@@ -196,6 +196,21 @@ async def endpoint_health(
     return result
 
 
+async def pending_count(engine: AsyncEngine) -> int:
+    """Deliveries not finished yet (pending or being attempted), across all endpoints; found
+    through the (endpoint, status, id) index, however many delivered rows the table keeps."""
+    statement = (
+        select(func.count())
+        .select_from(D)
+        .where(
+            D.c.endpoint.in_(select(W.c.name)),
+            D.c.status.in_([Status.PENDING.value, Status.DELIVERING.value]),
+        )
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(statement)).scalar_one())
+
+
 async def list_deliveries(
     engine: AsyncEngine,
     *,

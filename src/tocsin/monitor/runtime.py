@@ -81,7 +81,7 @@ class HealthMonitor:
         self._store = store
         self._monotonic = monotonic
         self._wall = wall
-        self._default_windows = default_windows or Windows()
+        self.default_windows = default_windows or Windows()
         self._subjects: dict[SubjectKey, Tracked] = {}
         self._queue: asyncio.Queue[tuple[SubjectKey, Observation]] = asyncio.Queue()
         self._trigger_cursor = 0
@@ -94,6 +94,15 @@ class HealthMonitor:
 
     def subjects(self) -> dict[SubjectKey, Tracked]:
         return dict(self._subjects)
+
+    def rows(self, org: str) -> list[states.StateRow]:
+        """The org's subjects as the subjects API shows them: live, not the last save."""
+        now = self.now()
+        tracked = sorted(
+            (t for t in self._subjects.values() if t.key.org == org),
+            key=lambda t: (t.key.type, t.key.id),
+        )
+        return [_state_row(t, now) for t in tracked]
 
     def configure(self, key: SubjectKey, name: str, windows: Windows) -> None:
         """Add a subject, or update the name and windows of one (its tracker state stays)."""
@@ -174,7 +183,7 @@ class HealthMonitor:
     def discovered(self, key: SubjectKey, name: str) -> None:
         """A subject found at run time (MQTT discovery, a broker's own subject)."""
         if key not in self._subjects:
-            self.configure(key, name, self._default_windows)
+            self.configure(key, name, self.default_windows)
 
     async def run(self, *, tick: float = 1.0) -> None:
         """Handle observations as they come and tick every `tick` seconds, until cancelled."""

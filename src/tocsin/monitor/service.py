@@ -8,6 +8,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,13 +18,19 @@ from sqlalchemy.engine import make_url
 from yarl import URL
 
 from tocsin.config import Settings
-from tocsin.monitor.config import Subject, WindowOverrides, interval_for, windows_for
+from tocsin.monitor.config import (
+    DeviceConfig,
+    Subject,
+    WindowOverrides,
+    interval_for,
+    windows_for,
+)
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.scheduler import PullScheduler
 from tocsin.probes.base import ProbeContext
-from tocsin.probes.credentials import CredentialCheck
+from tocsin.probes.credentials import CredentialCheck, CredentialCheckSpec
 from tocsin.probes.http import HTTP_RESOURCE, HttpProbe, HttpSpec, make_http_session
-from tocsin.probes.mqtt import BrokerMonitor, MqttProbeSpec
+from tocsin.probes.mqtt import BrokerMonitor, BrokerSpec, MqttProbeSpec
 from tocsin.probes.observation import SubjectKey
 from tocsin.probes.push import PushRegistry, PushSpec, ping_handler
 from tocsin.probes.snmp import SnmpProbe, SnmpSpec, close_snmp_engine
@@ -33,8 +40,21 @@ from tocsin.tickets.store import TicketStore
 log = structlog.get_logger("tocsin.monitor")
 
 
+@dataclass
+class _Broker:
+    spec: BrokerSpec
+    devices: dict[SubjectKey, MqttProbeSpec]
+    monitor: BrokerMonitor
+    task: asyncio.Task[None] | None = None
+
+
 class MonitorService:
-    """The monitor, the pull scheduler, one BrokerMonitor per MQTT broker and push heartbeats."""
+    """The monitor, the pull scheduler, one BrokerMonitor per MQTT broker and push heartbeats.
+
+    `run` starts them from the settings; `apply` moves a running service to new settings in
+    place: added subjects start, removed ones stop (their saved state dropped), changed probes
+    are replaced, and every subject keeps its tracker state, windows included.
+    """
 
     def __init__(
         self,
@@ -44,12 +64,11 @@ class MonitorService:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        config = settings.config
         self.settings = settings
         self.context = ProbeContext(
             base_dir=settings.base_dir, environ=settings.environ, monotonic=monotonic, wall=wall
         )
-        defaults = config.monitor
+        defaults = settings.config.monitor
         self.monitor = HealthMonitor(
             store,
             monotonic=monotonic,
@@ -63,15 +82,20 @@ class MonitorService:
             monotonic=monotonic,
             wall=wall,
         )
-        self.push = PushRegistry(push_secret(settings)) if _has_push(settings) else None
-        self.ping: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = (
-            ping_handler(self.push, self.monitor.observe, monotonic=monotonic)
-            if self.push is not None
-            else None
-        )
-        subjects: list[Subject] = [*config.devices, *config.integrations]
-        for subject in subjects:
-            self.monitor.configure(subject.key, subject.name, windows_for(defaults, subject))
+        self._push: PushRegistry | None = None
+        self._ping: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+        self._subjects: dict[SubjectKey, Subject] = {}
+        self._probes: dict[SubjectKey, object] = {}
+        self._intervals: dict[SubjectKey, float] = {}
+        self._brokers: dict[str, _Broker] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._configure_subjects(settings)
+
+    async def handle_ping(self, request: web.Request) -> web.StreamResponse:
+        """GET|POST /ping/{key}: a push heartbeat (404 until a push subject is configured)."""
+        if self._ping is None:
+            return web.Response(status=404, text="not found")
+        return await self._ping(request)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the probes and the monitor; return once `stop` is set and all is closed."""
@@ -81,27 +105,24 @@ class MonitorService:
         )
         try:
             await self.monitor.restore()
-            brokers = self._build_probes()
-            log.info(
-                "health monitor started",
-                subjects=len(self.monitor.subjects()),
-                pull=len(self.scheduler),
-                brokers=len(brokers),
-                push=len(self.push.subjects()) if self.push else 0,
-            )
             async with asyncio.TaskGroup() as group:
+                self._group = group
+                self._sync_probes(self.settings)
+                log.info(
+                    "health monitor started",
+                    subjects=len(self.monitor.subjects()),
+                    pull=len(self.scheduler),
+                    brokers=len(self._brokers),
+                    push=len(self._push.subjects()) if self._push else 0,
+                )
                 tasks = [
                     group.create_task(self.monitor.run(), name="tocsin-monitor"),
                     group.create_task(self.scheduler.run(), name="tocsin-scheduler"),
-                    *(
-                        group.create_task(b.run(), name=f"tocsin-mqtt-{b.broker.name}")
-                        for b in brokers
-                    ),
+                    group.create_task(self._expire_push(), name="tocsin-push"),
                 ]
-                if self.push is not None:
-                    tasks.append(group.create_task(self._expire_push(), name="tocsin-push"))
                 await stop.wait()
-                for task in tasks:
+                self._group = None
+                for task in tasks + [b.task for b in self._brokers.values() if b.task]:
                     task.cancel()
         finally:
             session = self.context.resources.pop(HTTP_RESOURCE, None)
@@ -109,89 +130,172 @@ class MonitorService:
                 await session.close()
             await close_snmp_engine(self.context)
 
-    def _build_probes(self) -> list[BrokerMonitor]:
-        config = self.settings.config
-        defaults = config.monitor
-        by_broker: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
-        for device in config.devices:
-            probe = device.probe
-            interval = interval_for(defaults, device).total_seconds()
-            if isinstance(probe, HttpSpec):
-                self.scheduler.add(
-                    device.key,
-                    HttpProbe(probe, self.context),
-                    timeout=probe.timeout.total_seconds(),
-                    interval=interval,
-                    host=_host(probe.url),
-                )
-            elif isinstance(probe, SnmpSpec):
-                self.scheduler.add(
-                    device.key,
-                    SnmpProbe(probe, self.context),
-                    timeout=probe.deadline,
-                    interval=interval,
-                    host=probe.host,
-                )
-            elif isinstance(probe, MqttProbeSpec):
-                by_broker.setdefault(probe.broker, {})[device.key] = probe
-            elif isinstance(probe, PushSpec) and self.push is not None:
-                key = self.push.register(
-                    device.key,
-                    probe,
-                    now_mono=self.context.monotonic(),
-                    base_dir=self.context.base_dir,
-                    environ=self.context.environ,
-                )
-                log.info(
-                    "push heartbeat url",
-                    org=device.org,
-                    subject=f"device:{device.id}",
-                    path=f"/ping/{key[:4]}…",
-                )  # the full key is a secret
-        for integration in config.integrations:
-            check = integration.check
-            cron = check.cron
-            self.scheduler.add(
-                integration.key,
-                CredentialCheck(check, self.context),
-                timeout=check.timeout.total_seconds(),
-                interval=None if cron else interval_for(defaults, integration).total_seconds(),
-                cron=cron,
-                host=_host(check.url),
-            )
-        brokers = []
-        for broker in config.mqtt.brokers:
-            subjects = by_broker.get(broker.name, {})
-            if not subjects and not broker.discovery:
+    async def apply(self, settings: Settings) -> dict[str, list[str]]:
+        """Move the running service to `settings`; return what changed, by subject."""
+        old = self._subjects.copy()
+        self.settings = settings
+        self.context.base_dir, self.context.environ = settings.base_dir, settings.environ
+        removed = [key for key in old if key not in _subjects(settings)]
+        for key in removed:
+            self.scheduler.remove(key)
+            if self._push is not None:
+                self._push.unregister(key)
+            await self.monitor.remove(key)
+        self._configure_subjects(settings)
+        changed = self._sync_probes(settings)
+        added = [key for key in self._subjects if key not in old]
+        return {
+            "added": sorted(map(str, added)),
+            "removed": sorted(map(str, removed)),
+            "changed": sorted(str(k) for k in changed if k in old),
+        }
+
+    def _configure_subjects(self, settings: Settings) -> None:
+        defaults = settings.config.monitor
+        self.monitor.default_windows = windows_for(defaults, WindowOverrides())
+        self._subjects = _subjects(settings)
+        for subject in self._subjects.values():
+            self.monitor.configure(subject.key, subject.name, windows_for(defaults, subject))
+
+    def _sync_probes(self, settings: Settings) -> set[SubjectKey]:
+        """Start what is new or changed since the last sync; return the subjects touched."""
+        defaults = settings.config.monitor
+        touched: set[SubjectKey] = set()
+        devices: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
+        for key, subject in self._subjects.items():
+            spec = subject.probe if isinstance(subject, DeviceConfig) else subject.check
+            if isinstance(spec, MqttProbeSpec):
+                devices.setdefault(spec.broker, {})[key] = spec
                 continue
-            monitor = BrokerMonitor(
-                broker,
-                subjects,
-                self.monitor.observe,
-                self.context,
-                on_discovered=self.monitor.discovered,
+            interval = interval_for(defaults, subject).total_seconds()
+            if self._probes.get(key) == spec and self._intervals.get(key) == interval:
+                continue
+            touched.add(key)
+            self._probes[key] = spec
+            self._intervals[key] = interval
+            if isinstance(spec, PushSpec):
+                self.scheduler.remove(key)
+                self._register_push(key, spec)
+            else:
+                if self._push is not None:
+                    self._push.unregister(key)
+                self._schedule(key, spec, interval)
+        for key in [k for k in self._probes if k not in self._subjects]:
+            del self._probes[key]
+            self._intervals.pop(key, None)
+        touched |= self._sync_brokers(settings, devices)
+        return touched
+
+    def _schedule(self, key: SubjectKey, spec: object, interval: float) -> None:
+        if isinstance(spec, HttpSpec):
+            self.scheduler.add(
+                key,
+                HttpProbe(spec, self.context),
+                timeout=spec.timeout.total_seconds(),
+                interval=interval,
+                host=_host(spec.url),
             )
-            for broker_key in monitor.broker_keys:
-                self.monitor.discovered(broker_key, f"MQTT broker {broker.name}")
-            brokers.append(monitor)
-        return brokers
+        elif isinstance(spec, SnmpSpec):
+            self.scheduler.add(
+                key,
+                SnmpProbe(spec, self.context),
+                timeout=spec.deadline,
+                interval=interval,
+                host=spec.host,
+            )
+        elif isinstance(spec, CredentialCheckSpec):
+            self.scheduler.add(
+                key,
+                CredentialCheck(spec, self.context),
+                timeout=spec.timeout.total_seconds(),
+                interval=None if spec.cron else interval,
+                cron=spec.cron,
+                host=_host(spec.url),
+            )
+
+    def _register_push(self, key: SubjectKey, spec: PushSpec) -> None:
+        if self._push is None:
+            self._push = PushRegistry(push_secret(self.settings))
+            self._ping = ping_handler(
+                self._push, self.monitor.observe, monotonic=self.context.monotonic
+            )
+        self._push.register(
+            key,
+            spec,
+            now_mono=self.context.monotonic(),
+            base_dir=self.context.base_dir,
+            environ=self.context.environ,
+        )
+
+    def _sync_brokers(
+        self, settings: Settings, devices: dict[str, dict[SubjectKey, MqttProbeSpec]]
+    ) -> set[SubjectKey]:
+        touched: set[SubjectKey] = set()
+        wanted = {
+            b.name: b for b in settings.config.mqtt.brokers if devices.get(b.name) or b.discovery
+        }
+        for name in list(self._brokers):
+            current = self._brokers[name]
+            spec = wanted.get(name)
+            if (
+                spec is not None
+                and spec == current.spec
+                and devices.get(name, {}) == current.devices
+            ):
+                continue
+            if current.task is not None:
+                current.task.cancel()
+            del self._brokers[name]
+            touched |= set(current.devices)
+            if spec is None:
+                for key in current.monitor.broker_keys:
+                    self._forget_later(key)
+        for name, spec in wanted.items():
+            if name in self._brokers:
+                continue
+            broker = _Broker(
+                spec,
+                devices.get(name, {}),
+                BrokerMonitor(
+                    spec,
+                    devices.get(name, {}),
+                    self.monitor.observe,
+                    self.context,
+                    on_discovered=self.monitor.discovered,
+                ),
+            )
+            for key in broker.monitor.broker_keys:
+                self.monitor.discovered(key, f"MQTT broker {name}")
+            if self._group is not None:
+                broker.task = self._group.create_task(
+                    broker.monitor.run(), name=f"tocsin-mqtt-{name}"
+                )
+            self._brokers[name] = broker
+            touched |= set(broker.devices)
+        return touched
+
+    def _forget_later(self, key: SubjectKey) -> None:
+        if self._group is not None:
+            self._group.create_task(self.monitor.remove(key))
 
     async def _expire_push(self) -> None:
-        assert self.push is not None
         while True:
-            for key, observation in self.push.expired(self.context.monotonic()):
-                self.monitor.observe(key, observation)
+            if self._push is not None:
+                for key, observation in self._push.expired(self.context.monotonic()):
+                    self.monitor.observe(key, observation)
             await asyncio.sleep(1.0)
+
+
+def _subjects(settings: Settings) -> dict[SubjectKey, Subject]:
+    config = settings.config
+    subjects: list[Subject] = [*config.devices, *config.integrations]
+    return {s.key: s for s in subjects}
 
 
 def _host(url: str) -> str | None:
     with contextlib.suppress(ValueError):
         return URL(url).host
     return None
-
-
-def _has_push(settings: Settings) -> bool:
-    return any(isinstance(d.probe, PushSpec) for d in settings.config.devices)
 
 
 def push_secret(settings: Settings) -> bytes:
