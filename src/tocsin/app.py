@@ -21,6 +21,7 @@ from tocsin.db.engine import open_database
 from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.worker import DeliveryWorker
+from tocsin.metrics import Metrics
 from tocsin.monitor.service import MonitorService
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
@@ -36,9 +37,15 @@ class Daemon:
         self.settings = settings
         self.db = open_database(settings.store_url)
         self.store = TicketStore(self.db)
-        self.monitor = MonitorService(settings, self.store)
+        self.metrics = Metrics()
+        self.monitor = MonitorService(settings, self.store, metrics=self.metrics)
         self.app = make_app(
-            settings, self.store, ping=self.monitor.handle_ping, subjects=self.monitor.monitor.rows
+            settings,
+            self.store,
+            ping=self.monitor.handle_ping,
+            subjects=self.monitor.monitor.rows,
+            metrics=self.render_metrics,
+            readiness=self.readiness,
         )
         self._webhooks: tuple[DeliveryWorker, asyncio.Event, asyncio.Task[None]] | None = None
         self._webhooks_pending = 0
@@ -69,6 +76,7 @@ class Daemon:
                     name="tocsin-watchdog",
                 )
                 counter = group.create_task(self._count_pending_webhooks(), name="status")
+                lag = group.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
                 if reloads is not None:
                     reloader = group.create_task(self._reloads(reloads, group), name="reload")
                 log.info(
@@ -82,6 +90,7 @@ class Daemon:
                 await stop.wait()
                 sdnotify.notify("STOPPING=1")
                 counter.cancel()
+                lag.cancel()
                 if reloads is not None:
                     reloader.cancel()
                 await self._stop_webhooks()
@@ -92,6 +101,17 @@ class Daemon:
             await self.store.close()
             await self.db.dispose()
             log.info("tocsin stopped")
+
+    async def render_metrics(self) -> bytes:
+        def health() -> list[tuple[str, bool]]:
+            subjects = self.monitor.monitor.subjects().values()
+            return [(s.state.health.value, s.state.flapping) for s in subjects]
+
+        return await self.metrics.render(self.db.read, health)
+
+    def readiness(self) -> dict[str, bool]:
+        """Besides the store: every MQTT broker connected."""
+        return {f"mqtt:{n}": up for n, up in self.monitor.brokers_connected().items()}
 
     def status(self) -> str:
         """One line for systemd's STATUS=: subjects, how many down, webhooks in flight."""

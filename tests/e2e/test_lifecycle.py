@@ -14,9 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
 
@@ -183,3 +185,52 @@ async def test_it_notifies_systemd_ready_watchdog_status_and_stopping(
         sock.close()
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.stop()
+
+
+async def test_metrics_and_readiness_describe_the_running_daemon(
+    tmp_path: Path, devices: tuple[Devices, str]
+) -> None:
+    state, base = devices
+    port = free_port()
+    path = tmp_path / "tocsin.toml"
+    path.write_text(config(port, base, ["a", "b"]))
+    state.failing.add("b")
+    daemon = Daemon(path, port)
+    await daemon.start()
+    try:
+        await eventually(daemon.tickets, lambda t: len(t) == 1, what="b's ticket")
+
+        async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(daemon.base + "/metrics") as response,
+            ):
+                assert response.status == 200
+                assert response.content_type == "text/plain"
+                text = await response.text()
+            return {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+            }
+
+        samples = await eventually(
+            scrape,
+            lambda s: s.get(("tocsin_subjects", (("health", "down"),))) == 1.0,
+            what="b counted down",
+        )
+        assert samples[("tocsin_subjects", (("health", "up"),))] == 1.0
+        assert samples[("tocsin_probe_runs_total", (("type", "http"),))] > 2
+        assert samples[("tocsin_probe_failures_total", (("type", "http"),))] >= 1
+        assert samples[("tocsin_tickets", (("kind", "device_offline"), ("state", "open")))] == 1
+        assert ("tocsin_probe_duration_seconds_count", (("type", "http"),)) in samples
+        assert ("tocsin_event_loop_lag_seconds_count", ()) in samples
+        assert samples[("tocsin_outbox_backlog", ())] >= 0
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(daemon.base + "/readyz") as response,
+        ):
+            assert response.status == 200
+            assert (await response.json())["checks"] == {"store": "ok"}
+    finally:
+        assert daemon.stop() == 0

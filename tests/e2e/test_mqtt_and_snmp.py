@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
@@ -148,6 +149,9 @@ async def test_a_broker_outage_is_the_brokers_ticket_and_its_devices_are_unknown
     assert broker_ticket["subject"]["type"] == "integration"
     sensor = await subject(daemon, "sensor-1")
     assert sensor["health"] == "unknown"
+    async with aiohttp.ClientSession() as session, session.get(daemon.base + "/readyz") as ready:
+        assert ready.status == 503
+        assert (await ready.json())["checks"]["mqtt:site"] == "disconnected"
     assert of("sensor-1", await daemon.tickets()) == []  # unknown, not offline: no ticket
     with socket.socket() as probe:  # the broker's port is really closed
         assert probe.connect_ex(("127.0.0.1", mosquitto.port)) != 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -22,11 +22,15 @@ def make_app(
     *,
     ping: Handler | None = None,
     subjects: Callable[[str], list[StateRow]] | None = None,
+    metrics: Callable[[], Awaitable[bytes]] | None = None,
+    readiness: Callable[[], dict[str, bool]] | None = None,
 ) -> web.Application:
     """The API; the running monitor lends `ping` (serving /ping/{key}, push heartbeats) and
     `subjects` (its live view of an org's subjects)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
-    app[API_CONTEXT] = ApiContext.build(settings, store, ping, subjects)
+    context = ApiContext.build(settings, store, ping, subjects)
+    context.metrics, context.readiness = metrics, readiness
+    app[API_CONTEXT] = context
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
     return app

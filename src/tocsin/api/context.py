@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -25,6 +25,9 @@ class ApiContext:
     ping: Handler | None = None  # push heartbeats: the monitor's handler, when it has push subjects
     # The monitor's live view of an org's subjects; without a monitor, the last saved state.
     subjects: Callable[[str], list[StateRow]] | None = None
+    # /metrics text, and what /readyz checks besides the store (e.g. MQTT brokers connected).
+    metrics: Callable[[], Awaitable[bytes]] | None = None
+    readiness: Callable[[], dict[str, bool]] | None = None
 
     @classmethod
     def build(

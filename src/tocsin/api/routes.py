@@ -44,12 +44,34 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    context = request.app[API_CONTEXT]
+    checks: dict[str, str] = {}
     try:
-        await request.app[API_CONTEXT].store.ping()
+        await context.store.ping()
+        checks["store"] = "ok"
     except Exception as exc:  # any failure to reach the store means not ready
-        checks = {"store": f"unreachable: {type(exc).__name__}"}
-        return web.json_response({"status": "unavailable", "checks": checks}, status=503)
-    return web.json_response({"status": "ok", "checks": {"store": "ok"}})
+        checks["store"] = f"unreachable: {type(exc).__name__}"
+    if context.readiness is not None:
+        for name, ok in context.readiness().items():
+            checks[name] = "ok" if ok else "disconnected"
+    ready = all(value == "ok" for value in checks.values())
+    return web.json_response(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition format."""
+    render = request.app[API_CONTEXT].metrics
+    if render is None:
+        raise ApiError(404, "not_found", "metrics are served by the daemon")
+    body = await render()
+    return web.Response(
+        body=body,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def ping(request: web.Request) -> web.StreamResponse:
@@ -107,6 +129,7 @@ _WRITE_ERRORS: dict[int, type[BaseModel] | None] = {
 }
 
 ROUTES: tuple[Route, ...] = (
+    Route("GET", "/metrics", metrics, "Prometheus metrics (text format).", responses={200: None}),
     Route(
         "GET",
         "/ping/{key}",

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from yarl import URL
 
 from tocsin.config import Settings
+from tocsin.metrics import Metrics, Timed
 from tocsin.monitor.config import (
     DeviceConfig,
     Subject,
@@ -27,11 +28,11 @@ from tocsin.monitor.config import (
 )
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.scheduler import PullScheduler
-from tocsin.probes.base import ProbeContext
+from tocsin.probes.base import ProbeContext, PullProbe, Sink
 from tocsin.probes.credentials import CredentialCheck, CredentialCheckSpec
 from tocsin.probes.http import HTTP_RESOURCE, HttpProbe, HttpSpec, make_http_session
 from tocsin.probes.mqtt import BrokerMonitor, BrokerSpec, MqttProbeSpec
-from tocsin.probes.observation import SubjectKey
+from tocsin.probes.observation import Observation, SubjectKey
 from tocsin.probes.push import PushRegistry, PushSpec, ping_handler
 from tocsin.probes.snmp import SnmpProbe, SnmpSpec, close_snmp_engine
 from tocsin.secrets import read_secret
@@ -63,8 +64,10 @@ class MonitorService:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.context = ProbeContext(
             base_dir=settings.base_dir, environ=settings.environ, monotonic=monotonic, wall=wall
         )
@@ -186,11 +189,29 @@ class MonitorService:
         touched |= self._sync_brokers(settings, devices)
         return touched
 
+    def _timed(self, probe: PullProbe, probe_type: str) -> PullProbe:
+        return probe if self.metrics is None else Timed(probe, probe_type, self.metrics)
+
+    def _counted(self, probe_type: str) -> Sink:
+        """The monitor's sink, counting push-style observations (MQTT, push) on the way."""
+        if self.metrics is None:
+            return self.monitor.observe
+        metrics = self.metrics
+
+        def sink(key: SubjectKey, observation: Observation) -> None:
+            metrics.observed(probe_type, observation)
+            self.monitor.observe(key, observation)
+
+        return sink
+
+    def brokers_connected(self) -> dict[str, bool]:
+        return {name: b.monitor.connected for name, b in self._brokers.items()}
+
     def _schedule(self, key: SubjectKey, spec: object, interval: float) -> None:
         if isinstance(spec, HttpSpec):
             self.scheduler.add(
                 key,
-                HttpProbe(spec, self.context),
+                self._timed(HttpProbe(spec, self.context), "http"),
                 timeout=spec.timeout.total_seconds(),
                 interval=interval,
                 host=_host(spec.url),
@@ -198,7 +219,7 @@ class MonitorService:
         elif isinstance(spec, SnmpSpec):
             self.scheduler.add(
                 key,
-                SnmpProbe(spec, self.context),
+                self._timed(SnmpProbe(spec, self.context), "snmp"),
                 timeout=spec.deadline,
                 interval=interval,
                 host=spec.host,
@@ -206,7 +227,7 @@ class MonitorService:
         elif isinstance(spec, CredentialCheckSpec):
             self.scheduler.add(
                 key,
-                CredentialCheck(spec, self.context),
+                self._timed(CredentialCheck(spec, self.context), "credentials"),
                 timeout=spec.timeout.total_seconds(),
                 interval=None if spec.cron else interval,
                 cron=spec.cron,
@@ -217,7 +238,7 @@ class MonitorService:
         if self._push is None:
             self._push = PushRegistry(push_secret(self.settings))
             self._ping = ping_handler(
-                self._push, self.monitor.observe, monotonic=self.context.monotonic
+                self._push, self._counted("push"), monotonic=self.context.monotonic
             )
         self._push.register(
             key,
@@ -259,7 +280,7 @@ class MonitorService:
                 BrokerMonitor(
                     spec,
                     devices.get(name, {}),
-                    self.monitor.observe,
+                    self._counted("mqtt"),
                     self.context,
                     on_discovered=self.monitor.discovered,
                 ),
@@ -281,8 +302,9 @@ class MonitorService:
     async def _expire_push(self) -> None:
         while True:
             if self._push is not None:
+                sink = self._counted("push")
                 for key, observation in self._push.expired(self.context.monotonic()):
-                    self.monitor.observe(key, observation)
+                    sink(key, observation)
             await asyncio.sleep(1.0)
 
 
