@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -16,7 +18,7 @@ from tocsin import sdnotify
 from tocsin.api.app import make_app
 from tocsin.api.context import API_CONTEXT
 from tocsin.config import Settings, split_host_port
-from tocsin.db import migrate
+from tocsin.db import migrate, retention
 from tocsin.db.engine import open_database
 from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
@@ -77,6 +79,7 @@ class Daemon:
                 )
                 counter = group.create_task(self._count_pending_webhooks(), name="status")
                 lag = group.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
+                pruner = group.create_task(self._prune_periodically(), name="retention")
                 if reloads is not None:
                     reloader = group.create_task(self._reloads(reloads, group), name="reload")
                 log.info(
@@ -91,6 +94,7 @@ class Daemon:
                 sdnotify.notify("STOPPING=1")
                 counter.cancel()
                 lag.cancel()
+                pruner.cancel()
                 if reloads is not None:
                     reloader.cancel()
                 await self._stop_webhooks()
@@ -112,6 +116,35 @@ class Daemon:
     def readiness(self) -> dict[str, bool]:
         """Besides the store: every MQTT broker connected."""
         return {f"mqtt:{n}": up for n, up in self.monitor.brokers_connected().items()}
+
+    async def prune(self) -> retention.Pruned:
+        """Apply [retention] once: batch after batch until nothing old is left."""
+        config = self.settings.config.retention
+        now = datetime.now(UTC)
+        total = retention.Pruned()
+        for kept, prune in (
+            (config.resolved_tickets, retention.prune_tickets),
+            (config.delivered_webhooks, retention.prune_deliveries),
+        ):
+            if kept is None:
+                continue
+            cutoff = now - kept
+            while True:
+                pruned = await self.store.writer.run(functools.partial(prune, before=cutoff))
+                total += pruned
+                if not (pruned.tickets or pruned.deliveries):
+                    break
+        if total.tickets or total.deliveries:
+            log.info("retention pruned", tickets=total.tickets, deliveries=total.deliveries)
+        return total
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception:  # pruning is housekeeping: never worth stopping the daemon
+                log.exception("retention pruning failed; will try again")
+            await asyncio.sleep(self.settings.config.retention.every.total_seconds())
 
     def status(self) -> str:
         """One line for systemd's STATUS=: subjects, how many down, webhooks in flight."""

@@ -105,6 +105,14 @@ class LogConfig(_Model):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class RetentionConfig(_Model):
+    """[retention]: how long to keep finished things; unset keeps them for ever (the default)."""
+
+    resolved_tickets: Duration | None = None  # a resolved ticket, its timeline and deliveries
+    delivered_webhooks: Duration | None = None  # deliveries that succeeded
+    every: Duration = timedelta(hours=1)  # how often to prune
+
+
 TriggerName = Literal[
     "ticket.opened", "ticket.started", "ticket.comment_added", "ticket.resolved", "ticket.reopened"
 ]
@@ -279,6 +287,7 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     monitor: MonitorDefaults = MonitorDefaults()
     log: LogConfig = LogConfig()
+    retention: RetentionConfig = RetentionConfig()
     orgs: list[OrgConfig] = []
     webhooks: list[WebhookConfig] = []
     webhook_delivery: WebhookDeliveryConfig = WebhookDeliveryConfig()
@@ -303,6 +312,16 @@ class Config(_Model):
         if duplicates:
             raise ValueError(f"org slugs must be unique: {', '.join(duplicates)}")
         return orgs
+
+    @model_validator(mode="after")
+    def _retention_outlives_reopen_window(self) -> Config:
+        kept = self.retention.resolved_tickets
+        if kept is not None and kept < self.monitor.reopen_window:
+            raise ValueError(
+                "retention.resolved_tickets must be at least monitor.reopen_window: the monitor "
+                "may still reopen a resolved ticket inside that window"
+            )
+        return self
 
     def org(self, slug: str) -> OrgConfig | None:
         return next((o for o in self.orgs if o.slug == slug), None)
