@@ -23,7 +23,7 @@ Two phases, every peer in a process of its own (so the daemon's CPU and memory a
            `online` to its `offline` (BrokerMonitor reports those edges through its sink; the
            broker delivers one publisher's messages in order, so the `offline` edge means
            all N heartbeats before it were handled): rate = N / drain time.
-     PullScheduler: 10,000 trivial probes at a 1 s interval (300 x the fleet's rate): runs/s
+     PullScheduler: 10,000 trivial probes at a 1 s interval (75 x the fleet's pull rate): runs/s
            and lateness against each probe's exact due time (a seeded rng replays the
            scheduler's random first offsets).
 2. The fleet: an aiohttp server process for the HTTP devices (503 for those switched to
@@ -41,8 +41,8 @@ Two phases, every peer in a process of its own (so the daemon's CPU and memory a
    (the monitor's tick and the store).
 
 Exit status 1 when a target is missed. Run from the repository root:
-    .venv/bin/python bench/bench_fleet.py            # ~6 minutes
-    .venv/bin/python bench/bench_fleet.py --quick    # ~2 minutes, 1,000 subjects, 10 s interval
+    .venv/bin/python bench/bench_fleet.py            # ~5.5 minutes
+    .venv/bin/python bench/bench_fleet.py --quick    # ~1.5 minutes, 1,000 subjects, 10 s interval
 """
 
 from __future__ import annotations
@@ -219,6 +219,13 @@ def clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S")
 
 
+def tail(path: Path, lines: int = 30) -> str:
+    """The end of a log, for an error message (the work folder is removed at exit)."""
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return f"({path} unreadable)"
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -282,12 +289,16 @@ class Capacity:
     runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     scheduler: dict[str, Any] | None = None
 
-    def rates(self, kind: str, mode: str) -> list[float]:
-        return [r["rate"] for r in self.runs.get(kind, []) if r["mode"] == mode]
+    def rates(self, kind: str, mode: str, key: str = "rate") -> list[float]:
+        """Operations per second ("rate") or per CPU-second of the client ("per_cpu")."""
+        runs = [r for r in self.runs.get(kind, []) if r["mode"] == mode]
+        if key == "per_cpu":
+            return [r["rate"] * 100 / r["cpu"] if r.get("cpu") else 0.0 for r in runs]
+        return [r[key] for r in runs]
 
-    def pair_ratios(self, kind: str) -> list[float]:
+    def pair_ratios(self, kind: str, key: str = "rate") -> list[float]:
         """probe / bare of each repetition (a bare run and the probe run right after it)."""
-        bare, probe = self.rates(kind, "bare"), self.rates(kind, "probe")
+        bare, probe = self.rates(kind, "bare", key), self.rates(kind, "probe", key)
         return [p / b for b, p in zip(bare, probe, strict=False) if b]
 
     def ratio(self, kind: str) -> float:
@@ -432,12 +443,12 @@ async def wait_started(daemon: Child, log: Path, deadline: float) -> float:
     until = time.monotonic() + deadline
     while time.monotonic() < until:
         if not daemon.running:
-            raise SystemExit(f"the daemon exited early; see {log}")
+            raise SystemExit(f"the daemon exited early:\n{tail(log)}")
         started = read_log(log).monitor_started
         if started is not None:
             return started
         await asyncio.sleep(0.5)
-    raise SystemExit(f"the monitor did not start within {deadline:g} s; see {log}")
+    raise SystemExit(f"the monitor did not start within {deadline:g} s:\n{tail(log)}")
 
 
 async def sleep_until(wall: float) -> None:
@@ -542,7 +553,7 @@ async def fleet_phase(
                 if (found >= expected or now > give_up) and now >= window_end:
                     break
                 if not daemon.running:
-                    raise SystemExit(f"the daemon died; see {log}")
+                    raise SystemExit(f"the daemon died:\n{tail(log)}")
                 await asyncio.sleep(2)
             run.window = (window_start, time.time())
             tickets = await api_tickets(session, base)
@@ -797,22 +808,23 @@ def report(
                 say(f"  errors: {r['mode']} {r['errors']}")
         for kind in ("http", "snmp", "mqtt"):
             pairs = capacity.pair_ratios(kind)
+            per_cpu = capacity.pair_ratios(kind, "per_cpu")
             bare = median(capacity.rates(kind, "bare"))
             probe = median(capacity.rates(kind, "probe"))
             ratio = median(pairs)
             say(
                 f"  {kind}: probe/bare per adjacent pair "
-                f"{', '.join(f'{p:.2f}' for p in pairs)}; median of pairs {ratio:.2f}; "
-                f"median/median {capacity.ratio(kind):.2f}; bare / reference "
-                f"{bare / REFERENCE[kind]:.2f}"
+                f"{', '.join(f'{p:.2f}' for p in pairs)} (median {ratio:.2f}); "
+                f"per client CPU-second {', '.join(f'{p:.2f}' for p in per_cpu)} "
+                f"(median {median(per_cpu):.2f}); bare / reference {bare / REFERENCE[kind]:.2f}"
             )
             checks.append(
                 Check(
                     f"throughput {kind.upper()} probe / bare",
-                    f"{probe:,.0f} / {bare:,.0f} {UNITS[kind]} (medians); "
-                    f"median pair ratio {ratio:.2f}",
+                    f"{probe:,.0f} / {bare:,.0f} {UNITS[kind]} (medians); median pair "
+                    f"ratio {ratio:.2f} (per CPU-second {median(per_cpu):.2f})",
                     f">= {opts.target_ratio:.2f}",
-                    ratio >= opts.target_ratio,
+                    None if opts.quick else ratio >= opts.target_ratio,
                 )
             )
         if capacity.scheduler:

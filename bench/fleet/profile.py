@@ -8,6 +8,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+# Leaf frames of a thread that waits rather than works (py-spy --nonblocking keeps them).
+IDLE = ("EpollSelector.select (", "_worker (concurrent/futures/thread.py)")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::\d+)?\)$")
 
 
@@ -44,7 +46,7 @@ def summarize(folded: Path, top: int = 25) -> str:
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     threads: Counter[str] = Counter()
-    total = 0
+    total = idle = 0
     if not folded.exists():
         return f"(no profile: {folded} missing)"
     for line in folded.read_text(errors="replace").splitlines():
@@ -53,21 +55,28 @@ def summarize(folded: Path, top: int = 25) -> str:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        if frames and frames[0].startswith(("process ", "thread ")):
-            while frames and frames[0].startswith(("process ", "thread ")):
-                if frames[0].startswith("thread "):
-                    threads[frames[0]] += count
-                frames = frames[1:]
+        thread = ""
+        while frames and frames[0].startswith(("process ", "thread ")):
+            if frames[0].startswith("thread "):
+                thread = frames[0]
+            frames = frames[1:]
         if not frames:
             continue
-        total += count
         names = [_short(f) for f in frames]
+        if names[-1].startswith(IDLE):
+            idle += count
+            continue
+        total += count
+        threads[thread] += count
         own[names[-1]] += count
         for name in set(names):
             inclusive[name] += count
     if not total:
         return "(no samples)"
-    lines = [f"{total} samples (only samples where the process was running Python code)"]
+    lines = [
+        f"{total} busy samples (% below are of these); {idle} more were threads waiting "
+        "(epoll, the executor's queue), left out"
+    ]
     lines.append("by thread:")
     lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in threads.most_common(8)]
     lines.append("self (leaf) time:")

@@ -267,3 +267,28 @@ async def test_an_unknown_observation_opens_nothing(tickets: TicketStore, clocks
     assert await monitor_tickets(tickets) == []
     rows = await states.load(tickets.database.read)
     assert rows[0].health == "unknown"
+
+
+async def test_a_failure_counts_from_when_the_probe_began_looking(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    began = clocks.mono
+    clocks.advance(2)  # the probe's timeout ran out two seconds after it sent its request
+    await monitor.handle_observation(CAM, down("no answer within 2 s", "timeout"), at=began)
+    clocks.advance(118)  # 120 s after the request: the 2 min debounce is over
+    await monitor.expire_windows()
+    assert await monitor_tickets(tickets) == [1]
+
+
+async def test_back_dating_never_goes_before_the_subjects_last_event(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await monitor.handle_observation(CAM, up())
+    healthy_at = clocks.mono
+    clocks.advance(5)
+    await monitor.handle_observation(CAM, down(), at=healthy_at - 60)
+    state = monitor.subjects()[CAM].state
+    assert state.since is not None
+    assert state.since.mono == healthy_at  # clamped to the last event, not 60 s earlier

@@ -62,7 +62,7 @@ class Results:
         self.by_key: dict[SubjectKey, list[Observation]] = defaultdict(list)
         self.changed = asyncio.Event()
 
-    def __call__(self, subject: SubjectKey, observation: Observation) -> None:
+    def __call__(self, subject: SubjectKey, observation: Observation, started: float) -> None:
         self.by_key[subject].append(observation)
         self.changed.set()
 

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -67,6 +67,7 @@ class Tracked:
     windows: Windows
     state: SubjectState
     dirty: bool = True
+    last_mono: float = float("-inf")  # the latest moment an event of this subject was handled
 
 
 class HealthMonitor:
@@ -83,7 +84,7 @@ class HealthMonitor:
         self._wall = wall
         self.default_windows = default_windows or Windows()
         self._subjects: dict[SubjectKey, Tracked] = {}
-        self._queue: asyncio.Queue[tuple[SubjectKey, Observation]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[SubjectKey, Observation, float | None]] = asyncio.Queue()
         self._trigger_cursor = 0
         self._last_save = 0.0
 
@@ -176,35 +177,44 @@ class HealthMonitor:
 
     # -- input -------------------------------------------------------------------------------
 
-    def observe(self, key: SubjectKey, observation: Observation) -> None:
-        """The probes' sink: enqueue; the loop handles it in order."""
-        self._queue.put_nowait((key, observation))
+    def observe(self, key: SubjectKey, observation: Observation, at: float | None = None) -> None:
+        """The probes' sink: enqueue; the loop handles it in order. `at` is when the probe began
+        looking (monotonic): a failure counts from there, not from when its timeout ran out."""
+        self._queue.put_nowait((key, observation, at))
 
     def discovered(self, key: SubjectKey, name: str) -> None:
         """A subject found at run time (MQTT discovery, a broker's own subject)."""
         if key not in self._subjects:
             self.configure(key, name, self.default_windows)
 
-    async def run(self, *, tick: float = 1.0) -> None:
-        """Handle observations as they come and tick every `tick` seconds, until cancelled."""
-        next_tick = self._monotonic() + tick
+    async def run(self, *, windows_every: float = 0.2, housekeeping_every: float = 1.0) -> None:
+        """Handle observations as they come, expire windows every `windows_every` seconds (a
+        debounce ends within that of its time) and do the housekeeping (people's actions,
+        saving) every `housekeeping_every` seconds, until cancelled."""
+        next_windows = self._monotonic() + windows_every
+        next_housekeeping = self._monotonic() + housekeeping_every
         try:
             while True:
-                timeout = max(0.0, next_tick - self._monotonic())
+                timeout = max(0.0, min(next_windows, next_housekeeping) - self._monotonic())
                 try:
-                    key, observation = await asyncio.wait_for(self._queue.get(), timeout)
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
                 except TimeoutError:
-                    await self.tick()
-                    next_tick = self._monotonic() + tick
-                    continue
-                await self.handle_observation(key, observation)
-                if self._monotonic() >= next_tick:
-                    await self.tick()
-                    next_tick = self._monotonic() + tick
+                    item = None
+                if item is not None:
+                    await self.handle_observation(*item)
+                mono = self._monotonic()
+                if mono >= next_windows:
+                    await self.expire_windows()
+                    next_windows = mono + windows_every
+                if mono >= next_housekeeping:
+                    await self.housekeeping()
+                    next_housekeeping = mono + housekeeping_every
         finally:
             await asyncio.shield(self.save(force=True))
 
-    async def handle_observation(self, key: SubjectKey, observation: Observation) -> None:
+    async def handle_observation(
+        self, key: SubjectKey, observation: Observation, at: float | None = None
+    ) -> None:
         tracked = self._subjects.get(key)
         if tracked is None:
             if key.type == "integration" and key.id.startswith("mqtt-broker:"):
@@ -213,20 +223,32 @@ class HealthMonitor:
             else:
                 log.debug("observation for an unknown subject", subject=str(key))
                 return
-        await self._handle(tracked, Observed(observation), self.now())
+        now = self.now()
+        if at is not None and at < now.mono:
+            # Back-date to when the probe began, but never before this subject's last event.
+            mono = max(at, tracked.last_mono)
+            now = Now(mono, now.wall - timedelta(seconds=now.mono - mono))
+        await self._handle(tracked, Observed(observation), now)
 
     async def tick(self) -> None:
         """Expire windows, pick up people's actions on monitor tickets, save changed state."""
+        await self.expire_windows()
+        await self.housekeeping()
+
+    async def expire_windows(self) -> None:
         now = self.now()
         for tracked in list(self._subjects.values()):
             if tracked.state.health in _PENDING or tracked.state.flapping:
                 await self._handle(tracked, Tick(), now)
+
+    async def housekeeping(self) -> None:
         await self._poll_people()
         await self.save()
 
     # -- the tracker and the store -------------------------------------------------------------
 
     async def _handle(self, tracked: Tracked, event: Event, now: Now) -> None:
+        tracked.last_mono = max(tracked.last_mono, now.mono)
         pending: list[Event] = [event]
         while pending:
             before = tracked.state

@@ -25,7 +25,8 @@ from apscheduler.triggers.cron import CronTrigger
 from tocsin.probes.base import PullProbe
 from tocsin.probes.observation import Health, Observation, SubjectKey
 
-ResultSink = Callable[[SubjectKey, Observation], None]
+# (subject, what the check saw, when the check began on the monotonic clock)
+ResultSink = Callable[[SubjectKey, Observation, float], None]
 GRACE_SECONDS = 1.0
 
 
@@ -155,6 +156,7 @@ class PullScheduler:
     async def _check(self, job: _Job) -> None:
         try:
             async with self._limit, self._host_limit(job.host):
+                started = self._monotonic()  # when the check really began, not when it queued
                 try:
                     async with asyncio.timeout(job.timeout + GRACE_SECONDS):
                         observation = await job.probe.check()
@@ -165,7 +167,7 @@ class PullScheduler:
                         error_class="timeout",
                     )
             if self._jobs.get(job.key) is job:
-                self._sink(job.key, observation)
+                self._sink(job.key, observation, started)
         finally:
             job.running = False
 

@@ -57,6 +57,7 @@ log = structlog.get_logger("tocsin.probes.snmp")
 SYS_UPTIME = "1.3.6.1.2.1.1.3.0"
 TIMETICKS_MODULUS = 2**32  # TimeTicks is an unsigned 32-bit count of 1/100 s: wraps ~497 days
 ENGINE_RESOURCE = "snmp_engine"
+TARGET_TTL = 300.0  # seconds a resolved transport target is reused
 _V3_USERS_RESOURCE = "snmp_v3_users"
 _AUTH_ERRORS = (
     errind.WrongDigest,
@@ -76,7 +77,9 @@ class OidCheck(SpecModel):
     have: an integer for numeric types, text for strings (compared as net-snmp prints them)."""
 
     oid: Annotated[str, Field(pattern=r"^\.?[0-9]+(\.[0-9]+)+$")]
+    """A numeric OID, e.g. "1.3.6.1.2.1.1.5.0"."""
     expect: int | str | None = None
+    """The value it must have (an integer, or text as net-snmp prints it); unset: any."""
 
     @field_validator("oid")
     @classmethod
@@ -88,23 +91,41 @@ class SnmpSpec(SpecModel):
     """probe = { type = "snmp", host = "10.0.0.6", version = "2c", community = "public" }"""
 
     type: Literal["snmp"]
+    """An SNMP GET."""
     host: Annotated[str, Field(min_length=1)]
+    """The agent's host name or address."""
     port: Annotated[int, Field(ge=1, le=65535)] = 161
+    """The agent's UDP port."""
     version: Literal["2c", "3"] = "2c"
+    """SNMP version: 2c (a community) or 3 (a user)."""
     community: str | None = None
+    """v2c: the community, written in the config (or community_file / community_env)."""
     community_file: str | None = None
+    """v2c: a file holding the community."""
     community_env: str | None = None
+    """v2c: an environment variable holding the community."""
     user: str | None = None
+    """v3: the user name (required for v3)."""
     auth_protocol: Literal["sha", "sha256"] = "sha"
+    """v3: the authentication protocol, HMAC-SHA-96 or HMAC-SHA-256."""
     auth_key_file: str | None = None
+    """v3: a file holding the authentication key; without a key: noAuthNoPriv."""
     auth_key_env: str | None = None
+    """v3: an environment variable holding the authentication key."""
     priv_protocol: Literal["aes"] = "aes"
+    """v3: the privacy protocol (AES-128)."""
     priv_key_file: str | None = None
+    """v3: a file holding the privacy key (needs an authentication key)."""
     priv_key_env: str | None = None
+    """v3: an environment variable holding the privacy key."""
     oids: Annotated[list[OidCheck], Field(min_length=1)] = [OidCheck(oid=SYS_UPTIME)]
+    """The OIDs to GET; sysUpTime.0 is always fetched too, to notice reboots."""
     timeout: Duration = timedelta(seconds=1)
+    """How long to wait for an answer, per try."""
     retries: Annotated[int, Field(ge=0, le=5)] = 1
+    """Tries after the first to ride out a lost datagram (not a debounce)."""
     interval: Duration | None = None
+    """How often it runs; unset: the device's interval, else monitor.interval."""
 
     @model_validator(mode="after")
     def _credentials_fit_version(self) -> SnmpSpec:
@@ -203,6 +224,7 @@ class SnmpProbe:
         self.spec = spec
         self._context = context
         self._engine = ENGINE_RESOURCE
+        self._cached_target: tuple[float, Any] | None = None
         self._auth = self._auth_data(spec, context)
         self._oids = [c.oid for c in spec.oids]
         if SYS_UPTIME not in self._oids:
@@ -295,17 +317,27 @@ class SnmpProbe:
     def _where(self) -> str:
         return f"{self.spec.host}:{self.spec.port}"
 
+    async def _target(self) -> Any:
+        """The transport target, resolved once and kept for TARGET_TTL seconds: creating it
+        resolves the host name in a thread, about a sixth of a check's cost when done each time;
+        re-resolving now and then follows a device whose name moves to another address."""
+        now = self._context.monotonic()
+        if self._cached_target is None or now - self._cached_target[0] > TARGET_TTL:
+            try:
+                target = await UdpTransportTarget.create(
+                    (self.spec.host, self.spec.port),
+                    timeout=self.spec.timeout.total_seconds(),
+                    retries=self.spec.retries,
+                )
+            except PySnmpError as exc:
+                # pysnmp wraps the resolver's error; keep only its last words
+                reason = str(exc).rsplit(": ", 1)[-1]
+                raise _UnresolvedHost(reason) from None
+            self._cached_target = (now, target)
+        return self._cached_target[1]
+
     async def _get(self) -> tuple[Any, Any, Any, Any]:
-        try:
-            target = await UdpTransportTarget.create(
-                (self.spec.host, self.spec.port),
-                timeout=self.spec.timeout.total_seconds(),
-                retries=self.spec.retries,
-            )
-        except PySnmpError as exc:
-            # pysnmp wraps the resolver's error; keep only its last words
-            reason = str(exc).rsplit(": ", 1)[-1]
-            raise _UnresolvedHost(reason) from None
+        target = await self._target()
         result: tuple[Any, Any, Any, Any] = await get_cmd(
             snmp_engine(self._context, self._engine),
             self._auth,
