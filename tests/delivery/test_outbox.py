@@ -7,9 +7,10 @@ from datetime import datetime, timedelta
 
 from tests.conftest import FakeClock
 from tests.delivery.conftest import Receiver, hook_toml, open_ticket, webhook_settings
-from tocsin.delivery import outbox
+from tocsin.delivery import ops, outbox, record
 from tocsin.delivery.endpoints import endpoints_from
-from tocsin.delivery.outbox import Attempted, Claimed, Slots
+from tocsin.delivery.outbox import Claimed, Slots
+from tocsin.delivery.record import Attempted
 from tocsin.delivery.schedule import RetryPolicy
 from tocsin.tickets.store import TicketStore
 
@@ -69,10 +70,10 @@ async def test_the_outcome_of_a_lost_claim_does_not_overwrite_the_newer_attempt(
     [taken] = await claim_all(store, later)
 
     old = Attempted(lost, later, 200)
-    [recorded] = await store.writer.run(lambda c: outbox.record(c, [old], POLICY, LEASE))
+    [recorded] = await store.writer.run(lambda c: record.record(c, [old], POLICY, LEASE))
     assert not recorded.applied
     new = Attempted(taken, later, 204)
-    [recorded] = await store.writer.run(lambda c: outbox.record(c, [new], POLICY, LEASE))
+    [recorded] = await store.writer.run(lambda c: record.record(c, [new], POLICY, LEASE))
     assert recorded.applied
     with store.database.write.connect() as conn:
         row = conn.execute(outbox.D.select()).one()
@@ -85,6 +86,21 @@ async def test_release_gives_an_abandoned_claim_back_without_spending_an_attempt
     await open_ticket(store)
     await prepared(db_url, store, clock, receiver.url)
     claims = await claim_all(store, clock.now)
-    assert await store.writer.run(lambda c: outbox.release(c, claims)) == 1
+    assert await store.writer.run(lambda c: record.release(c, claims)) == 1
     [again] = await claim_all(store, clock.now)
     assert again.attempt == 1
+
+
+async def test_pending_count_counts_what_is_not_finished(
+    db_url: str, store: TicketStore, clock: FakeClock, receiver: Receiver
+) -> None:
+    for n in range(3):
+        await open_ticket(store, subject_id=f"d{n}")
+    await prepared(db_url, store, clock, receiver.url)
+    assert await ops.pending_count(store.database.read) == 3
+    [first, *_] = await claim_all(store, clock.now)
+    [recorded] = await store.writer.run(
+        lambda c: record.record(c, [Attempted(first, clock.now, 200)], POLICY, LEASE)
+    )
+    assert recorded.applied
+    assert await ops.pending_count(store.database.read) == 2

@@ -1,24 +1,26 @@
-"""Delivery state in SQL: fan-out, claim, record. Each function is a write operation of a
+"""Delivery state in SQL: fan-out and claim. Each function is a write operation of a
 synchronous Connection, run in the store's group-commit writer (tocsin.db.writer), so it is one
 transaction (a savepoint of one) and never sees another write half done.
 
 - fan_out: triggers past the cursor become one pending delivery per subscribed endpoint; the
   cursor moves in the same transaction (and only from where it was read: a conditional UPDATE),
   and (trigger_id, endpoint) is unique, so a crash or a second instance fans out nothing twice.
-- claim: a due delivery becomes `delivering`, leased until `claimed_until`, by a conditional
-  UPDATE checked by its row count: two workers never both win one delivery. A delivery waits
-  while an earlier one of the same ticket to the same endpoint is unfinished, so an endpoint
-  sees a ticket's events in order. A lease that expires (its sender died) makes the delivery
-  claimable again: it is re-sent with the same webhook-id.
-- record: the outcome of an attempt, fenced by the attempt number the claim gave, and the
-  endpoint's health (failing since, backoff, disabled).
+- claim: due deliveries become `delivering`, leased until `claimed_until`, by a conditional
+  UPDATE that re-checks every condition on each row it changes and stamps the rows it wins
+  with this claim's token; its row count says how many, and only rows carrying the token are
+  sent, so two workers never both win one delivery. A delivery waits while an earlier one of
+  the same ticket to the same endpoint is unfinished, so an endpoint sees a ticket's events in
+  order. A lease that expires (its sender died) makes the delivery claimable again: it is
+  re-sent with the same webhook-id.
+
+Recording the outcomes is record.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -30,8 +32,6 @@ from sqlalchemy.engine import Connection
 from tocsin.db import schema
 from tocsin.delivery.endpoints import Endpoint
 from tocsin.delivery.payload import TriggerRow
-from tocsin.delivery.schedule import RetryPolicy
-from tocsin.tickets.model import rfc3339
 
 D = schema.deliveries
 W = schema.webhook_endpoints
@@ -39,7 +39,6 @@ TR = schema.triggers
 CURSORS = schema.outbox_cursors
 CURSOR = "webhooks"
 FAN_OUT_BATCH = 1000
-MAX_ERROR = 500
 
 
 class Status(StrEnum):
@@ -293,272 +292,3 @@ def claim(conn: Connection, slots: Mapping[str, Slots], free: int, now: datetime
         )
         for row in conn.execute(_CLAIMED, {"token": token, "names": sorted(set(names))})
     ]
-
-
-# -- record ----------------------------------------------------------------------------------
-
-_FENCE = and_(
-    D.c.id == bindparam("delivery_id"),
-    D.c.status == Status.DELIVERING.value,
-    D.c.attempts == bindparam("attempt"),
-)
-_DELIVERED = (
-    update(D)
-    .where(_FENCE)
-    .values(
-        status=Status.DELIVERED.value,
-        delivered_at=bindparam("at"),
-        claimed_until=None,
-        claim_token=None,
-        last_status=bindparam("code"),
-        last_error=None,
-    )
-)
-_FAILED_ATTEMPT = (
-    update(D)
-    .where(_FENCE)
-    .values(
-        status=bindparam("new_status"),
-        next_attempt_at=bindparam("retry_at"),
-        claimed_until=None,
-        claim_token=None,
-        last_status=bindparam("code"),
-        last_error=bindparam("error"),
-    )
-)
-_RELEASE = (
-    update(D)
-    .where(_FENCE)
-    .values(
-        status=Status.PENDING.value,
-        claimed_until=None,
-        claim_token=None,
-        attempts=D.c.attempts - 1,
-    )
-)
-_ENDPOINT_OK = (
-    update(W)
-    .where(W.c.name == bindparam("endpoint_name"))
-    .values(
-        last_success_at=bindparam("at"),
-        failing_since=None,
-        consecutive_failures=0,
-        paused_until=None,
-        last_error=None,
-    )
-)
-_ENDPOINT_FAILED = (
-    update(W)
-    .where(W.c.name == bindparam("endpoint_name"))
-    .values(
-        failing_since=bindparam("since"),
-        consecutive_failures=bindparam("failures"),
-        paused_until=bindparam("pause_end"),
-        last_failure_at=bindparam("at"),
-        last_error=bindparam("error"),
-        disabled_at=bindparam("off_at"),
-        disabled_reason=bindparam("off_reason"),
-    )
-)
-# Successes in a burst touch the endpoint's row at most this often.
-SUCCESS_STAMP_EVERY = timedelta(seconds=1)
-
-
-@dataclass(frozen=True)
-class Attempted:
-    """What one attempt came to, as the worker saw it."""
-
-    claimed: Claimed
-    at: datetime
-    status: int | None
-    error: str | None = None  # None: delivered
-    retry_at: datetime | None = None  # a failure's next attempt; None: failed for good
-    gone: bool = False  # 410: the endpoint is disabled
-    retry_after: timedelta | None = None
-    unit: float = 0.5  # the random draw for the endpoint's pause
-
-    @property
-    def delivered(self) -> bool:
-        return self.error is None
-
-
-@dataclass(frozen=True)
-class Recorded:
-    applied: bool  # False: the claim had been lost (lease expired and the delivery re-claimed)
-    final: bool  # the delivery is finished: delivered or failed for good
-    became_failing: bool  # the endpoint was healthy before this failure
-    recovered: bool  # the endpoint was failing before this success
-    disabled: str | None  # why this failure disabled the endpoint
-
-
-@dataclass
-class _Health:
-    """An endpoint's row, kept current in memory while one transaction records a batch."""
-
-    failing_since: datetime | None
-    consecutive_failures: int
-    disabled_at: datetime | None
-    disabled_reason: str | None
-    last_success_at: datetime | None
-
-
-_ENDPOINTS_NAMED = select(
-    W.c.name,
-    W.c.failing_since,
-    W.c.consecutive_failures,
-    W.c.disabled_at,
-    W.c.disabled_reason,
-    W.c.last_success_at,
-).where(W.c.name.in_(bindparam("names", expanding=True)))
-
-
-def record(
-    conn: Connection,
-    attempts: Sequence[Attempted],
-    policy: RetryPolicy,
-    disable_after: timedelta,
-) -> list[Recorded]:
-    """Record each attempt's outcome (fenced by its attempt number) and its endpoint's health,
-    in order. The endpoints' rows are read once for the whole batch, and the successes (the
-    bulk of a busy batch) are written by one executemany."""
-    if not attempts:
-        return []
-    names = sorted({a.claimed.endpoint for a in attempts})
-    health = {
-        row.name: _Health(
-            row.failing_since,
-            row.consecutive_failures,
-            row.disabled_at,
-            row.disabled_reason,
-            row.last_success_at,
-        )
-        for row in conn.execute(_ENDPOINTS_NAMED, {"names": names})
-    }
-    delivered: list[dict[str, Any]] = []
-    recorded = [
-        _record_one(conn, a, health.get(a.claimed.endpoint), policy, disable_after, delivered)
-        for a in attempts
-    ]
-    if not delivered:
-        return recorded
-    changed = conn.execute(_DELIVERED, delivered).rowcount
-    if changed != len(delivered) or not conn.dialect.supports_sane_multi_rowcount:
-        # Some claims had been lost (a lease expired and another attempt took over): say which.
-        attempt_of = {d["delivery_id"]: d["attempt"] for d in delivered}
-        rows = conn.execute(
-            select(D.c.id, D.c.status, D.c.attempts).where(D.c.id.in_(list(attempt_of)))
-        )
-        ours = {
-            row.id
-            for row in rows
-            if row.status == Status.DELIVERED.value and row.attempts == attempt_of[row.id]
-        }
-        recorded = [
-            replace(r, applied=a.claimed.id in ours) if a.delivered else r
-            for a, r in zip(attempts, recorded, strict=True)
-        ]
-    return recorded
-
-
-def _record_one(
-    conn: Connection,
-    attempted: Attempted,
-    endpoint: _Health | None,
-    policy: RetryPolicy,
-    disable_after: timedelta,
-    delivered: list[dict[str, Any]],
-) -> Recorded:
-    claimed, at = attempted.claimed, attempted.at
-    fence = {"delivery_id": claimed.id, "attempt": claimed.attempt}
-    if attempted.delivered:
-        delivered.append({**fence, "at": at, "code": attempted.status})  # written by record()
-        if endpoint is None:
-            return Recorded(True, True, False, False, None)
-        recovered = endpoint.failing_since is not None
-        stale = (
-            endpoint.last_success_at is None or at - endpoint.last_success_at >= SUCCESS_STAMP_EVERY
-        )
-        if recovered or stale:
-            conn.execute(_ENDPOINT_OK, {"endpoint_name": claimed.endpoint, "at": at})
-            endpoint.failing_since, endpoint.consecutive_failures = None, 0
-            endpoint.last_success_at = at
-        return Recorded(True, True, False, recovered, None)
-    final = attempted.retry_at is None
-    error = (attempted.error or "")[:MAX_ERROR]
-    applied = conn.execute(
-        _FAILED_ATTEMPT,
-        {
-            **fence,
-            "new_status": (Status.FAILED if final else Status.PENDING).value,
-            "retry_at": attempted.retry_at or at,
-            "code": attempted.status,
-            "error": error,
-        },
-    )
-    if endpoint is None:
-        return Recorded(applied.rowcount == 1, final, False, False, None)
-    was_failing = endpoint.failing_since is not None
-    since = endpoint.failing_since or at
-    failures = endpoint.consecutive_failures + 1
-    pause = attempted.retry_after
-    if pause is None:
-        pause = policy.endpoint_pause(failures, attempted.unit)
-    disabled: str | None = None
-    if endpoint.disabled_at is None:
-        if attempted.gone:
-            disabled = "the receiver answered 410 Gone"
-        elif at - since > disable_after:
-            disabled = f"failing since {rfc3339(since)}"
-    if disabled:
-        endpoint.disabled_at, endpoint.disabled_reason = at, disabled
-    conn.execute(
-        _ENDPOINT_FAILED,
-        {
-            "endpoint_name": claimed.endpoint,
-            "since": since,
-            "failures": failures,
-            "pause_end": at + pause,
-            "at": at,
-            "error": error,
-            "off_at": endpoint.disabled_at,
-            "off_reason": endpoint.disabled_reason,
-        },
-    )
-    endpoint.failing_since, endpoint.consecutive_failures = since, failures
-    return Recorded(applied.rowcount == 1, final, not was_failing, False, disabled)
-
-
-def release(conn: Connection, claims: Sequence[Claimed]) -> int:
-    """Give back claims whose attempt was abandoned (an orderly stop): pending again, now."""
-    released = 0
-    for claimed in claims:
-        params = {"delivery_id": claimed.id, "attempt": claimed.attempt}
-        released += conn.execute(_RELEASE, params).rowcount
-    return released
-
-
-def disable_overdue(
-    conn: Connection, names: Sequence[str], now: datetime, disable_after: timedelta
-) -> list[str]:
-    """Disable the endpoints failing for longer than `disable_after` (checked between
-    attempts too: a resting endpoint may not be probed again for hours). Returns their names."""
-    overdue = [
-        (row.name, row.failing_since)
-        for row in conn.execute(
-            select(W.c.name, W.c.failing_since).where(
-                W.c.name.in_(list(names)),
-                W.c.disabled_at.is_(None),
-                W.c.failing_since < now - disable_after,
-            )
-        )
-    ]
-    disabled = []
-    for name, since in overdue:
-        changed = conn.execute(
-            update(W)
-            .where(W.c.name == name, W.c.disabled_at.is_(None))
-            .values(disabled_at=now, disabled_reason=f"failing since {rfc3339(since)}")
-        ).rowcount
-        if changed == 1:
-            disabled.append(name)
-    return disabled

@@ -30,10 +30,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from tocsin.db.writer import StoreClosed, StoreUnavailable
-from tocsin.delivery import health, ops, outbox
+from tocsin.delivery import health, ops, outbox, record
 from tocsin.delivery.endpoints import DeliverySettings, Endpoint
-from tocsin.delivery.outbox import Attempted, Claimed, Recorded, Slots
+from tocsin.delivery.outbox import Claimed, Slots
 from tocsin.delivery.payload import build_body, signed_headers
+from tocsin.delivery.record import Attempted, Recorded
 from tocsin.delivery.schedule import RetryPolicy
 from tocsin.delivery.transport import DeliveryError, Transport
 from tocsin.tickets.errors import TicketError
@@ -156,8 +157,8 @@ class DeliveryWorker:
             policy, disable_after = self._settings.policy, self._settings.disable_after
 
             def flush(conn: Connection) -> list[Recorded]:
-                outbox.release(conn, abandoned)
-                return outbox.record(conn, [a for a, _ in finished], policy, disable_after)
+                record.release(conn, abandoned)
+                return record.record(conn, [a for a, _ in finished], policy, disable_after)
 
             with contextlib.suppress(StoreClosed, StoreUnavailable):
                 self._after_recording(finished, await self._store.writer.run(flush))
@@ -357,7 +358,7 @@ class DeliveryWorker:
         now = self._clock()
         after = self._settings.disable_after
         for name in await self._store.writer.run(
-            lambda c: outbox.disable_overdue(c, names, now, after)
+            lambda c: record.disable_overdue(c, names, now, after)
         ):
             log.error("webhook endpoint disabled", endpoint=name, reason="failing too long")
             self._just_disabled.add(name)
@@ -450,7 +451,7 @@ def _cycle_op(
     now: datetime,
 ) -> tuple[list[Recorded], outbox.FanOut, list[Claimed]]:
     """A cycle's writes, in one transaction and this order: outcomes, fan-out, claims."""
-    recorded = outbox.record(conn, finished, policy, disable_after)
+    recorded = record.record(conn, finished, policy, disable_after)
     try:
         with conn.begin_nested():
             fanned = outbox.fan_out(conn, endpoints, now)
