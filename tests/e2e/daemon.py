@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -17,6 +18,31 @@ import aiohttp
 
 T = TypeVar("T")
 TOKEN = "e2e-write-token"
+
+
+def base_config(port: int, *, interval: str = "200ms", **windows: str) -> str:
+    """[server], [store] (SQLite beside the config), [monitor] with short windows, and org
+    acme with a write token (TOKEN): what every end-to-end config starts with."""
+    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+    monitor = {"debounce": "1s", "recovery": "1s", **windows, "interval": interval}
+    lines = "\n".join(f'{key} = "{value}"' for key, value in monitor.items())
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+[store]
+url = "sqlite+aiosqlite:///state/tocsin.db"
+[monitor]
+{lines}
+[log]
+format = "json"
+[[orgs]]
+slug = "acme"
+name = "Acme"
+  [[orgs.tokens]]
+  name = "ops"
+  scope = "write"
+  token_sha256 = "{digest}"
+"""
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ inside the window and come anew after it; a restart mid-outage duplicates nothin
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
+from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 
 DEBOUNCE = 1.0
 RECOVERY = 1.0
@@ -56,27 +55,15 @@ async def site() -> AsyncIterator[tuple[Site, str]]:
 def write_config(tmp_path: Path, device_url: str, port: int) -> Path:
     """Short windows, a 200 ms probe interval, one HTTP device and one integration."""
     (tmp_path / "bms-token").write_text("bms-secret-1\n")
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     config = tmp_path / "tocsin.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite+aiosqlite:///state/tocsin.db"
-[monitor]
-debounce = "{DEBOUNCE}s"
-recovery = "{RECOVERY}s"
-reopen_window = "{REOPEN_WINDOW}s"
-interval = "200ms"
-[log]
-format = "json"
-[[orgs]]
-slug = "acme"
-name = "Acme"
-  [[orgs.tokens]]
-  name = "ops"
-  scope = "write"
-  token_sha256 = "{digest}"
+    windows = {
+        "debounce": f"{DEBOUNCE}s",
+        "recovery": f"{RECOVERY}s",
+        "reopen_window": f"{REOPEN_WINDOW}s",
+    }
+    config.write_text(
+        base_config(port, **windows)
+        + f"""
 [[devices]]
 org = "acme"
 id = "cam-1"
@@ -88,7 +75,8 @@ id = "bms"
 name = "BMS cloud"
 check = {{ type = "http", url = "{device_url}/api/me", timeout = "1s", \
           auth = {{ bearer_file = "bms-token" }} }}
-""")
+"""
+    )
     return config
 
 

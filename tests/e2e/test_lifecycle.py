@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import os
 import signal
 import socket
@@ -20,7 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
+from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 
 
 class Devices:
@@ -48,26 +47,7 @@ async def devices() -> AsyncIterator[tuple[Devices, str]]:
 
 
 def config(port: int, base: str, ids: list[str], *, extra: str = "") -> str:
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    text = f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite+aiosqlite:///state/tocsin.db"
-[monitor]
-debounce = "1s"
-recovery = "1s"
-interval = "200ms"
-[log]
-format = "json"
-[[orgs]]
-slug = "acme"
-name = "Acme"
-  [[orgs.tokens]]
-  name = "ops"
-  scope = "write"
-  token_sha256 = "{digest}"
-"""
+    text = base_config(port)
     for device in ids:
         text += f"""
 [[devices]]

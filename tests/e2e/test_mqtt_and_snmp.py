@@ -4,7 +4,6 @@ are unknown then, not offline."""
 
 from __future__ import annotations
 
-import hashlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
+from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 from tests.peers import Mosquitto, Snmpd
 from tests.probes.test_mqtt_probe import device_client, kill, publisher
 
@@ -21,25 +20,10 @@ STATUS = "site/sensor-1/status"
 
 
 def write_config(tmp_path: Path, port: int, broker: Mosquitto, agent: Snmpd) -> Path:
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     config = tmp_path / "tocsin.toml"
-    config.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-url = "sqlite+aiosqlite:///state/tocsin.db"
-[monitor]
-debounce = "1s"
-recovery = "1s"
-reopen_window = "1h"
-interval = "300ms"
-[[orgs]]
-slug = "acme"
-name = "Acme"
-  [[orgs.tokens]]
-  name = "ops"
-  scope = "write"
-  token_sha256 = "{digest}"
+    config.write_text(
+        base_config(port, interval="300ms", reopen_window="1h")
+        + f"""
 [[mqtt.brokers]]
 name = "site"
 host = "127.0.0.1"
@@ -62,7 +46,8 @@ probe.port = {agent.port}
 probe.community = "public"
 probe.timeout = "300ms"
 probe.retries = 0
-""")
+"""
+    )
     return config
 
 

@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from tocsin import cursors
 from tocsin.api.auth import authenticate, require
 from tocsin.api.context import API_CONTEXT, ApiContext
 from tocsin.api.errors import ApiError
@@ -64,18 +63,14 @@ def _caller(request: web.Request) -> tuple[ApiContext, str]:
 
 
 def encode_cursor(delivery_id: int) -> str:
-    return base64.urlsafe_b64encode(f"delivery:{delivery_id}".encode()).decode().rstrip("=")
+    return cursors.encode("delivery", delivery_id)
 
 
 def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    prefix, _, number = text.partition(":")
-    if prefix != "delivery" or not (number.isascii() and number.isdigit()) or len(number) > 18:
+    delivery_id = cursors.decode("delivery", cursor)
+    if delivery_id is None:
         raise ApiError(422, "invalid_value", "cursor: not a cursor this API gave out", "cursor")
-    return int(number)
+    return delivery_id
 
 
 async def list_deliveries(request: web.Request) -> web.Response:

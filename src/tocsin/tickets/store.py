@@ -7,14 +7,13 @@ async read engine. Values are checked here, before anything is queued.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select
 
+from tocsin import cursors
 from tocsin.db import schema
 from tocsin.db.engine import Database
 from tocsin.db.writer import GroupWriter
@@ -220,21 +219,15 @@ def check_text(field: str, value: str, *, allow_empty: bool = False) -> None:
 
 
 def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+    return cursors.encode("seq", seq)
 
 
 def decode_cursor(cursor: str) -> int:
     """The seq a cursor points below; raise InvalidTicket('cursor') for anything else."""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        text = ""
-    prefix, _, number = text.partition(":")
-    # ASCII digits only (int() rejects "²" and would accept "٣"), and few enough of them to fit
-    # the database's 64-bit integer: anything else is a forged cursor, not a server error.
-    if prefix != "seq" or not (number.isascii() and number.isdigit()) or len(number) > 18:
+    seq = cursors.decode("seq", cursor)
+    if seq is None:
         raise InvalidTicket("cursor", "not a cursor this API gave out")
-    return int(number)
+    return seq
 
 
 def _escape_like(text: str) -> str:
