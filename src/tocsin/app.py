@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -161,13 +162,7 @@ class Daemon:
     async def reload(self, settings: Settings, group: asyncio.TaskGroup) -> None:
         """Apply a new, already validated config without a restart."""
         old = self.settings
-        for key, what in (("store.url", "store_url"), ("server.listen", None)):
-            before = getattr(old, what) if what else old.config.server.listen
-            after = getattr(settings, what) if what else settings.config.server.listen
-            if before != after:
-                log.warning(
-                    "config reload: this key needs a restart; keeping the old value", key=key
-                )
+        settings = _keep_what_needs_a_restart(old, settings)
         self.settings = settings
         self.app[API_CONTEXT].reload(settings)
         changes = await self.monitor.apply(settings)
@@ -203,6 +198,21 @@ class Daemon:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _keep_what_needs_a_restart(old: Settings, new: Settings) -> Settings:
+    """The new settings, but with the store URL and listen address the process runs on: those
+    change only with a restart (a warning says so), so later reloads compare against reality."""
+    kept = new
+    if new.store_url != old.store_url:
+        log.warning("config reload: store.url needs a restart; keeping the running one")
+        kept = dataclasses.replace(kept, store_url=old.store_url)
+    listen = old.config.server.listen
+    if new.config.server.listen != listen:
+        log.warning("config reload: server.listen needs a restart; keeping the running one")
+        server = kept.config.server.model_copy(update={"listen": listen})
+        kept = dataclasses.replace(kept, config=kept.config.model_copy(update={"server": server}))
+    return kept
 
 
 async def run(
