@@ -61,12 +61,20 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # use_attribute_docstrings: the docstring under each field is its description, which the
+    # config reference in README.md is generated from (tocsin.docs).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
 
 
 class ServerConfig(_Model):
+    """[server]: the HTTP API."""
+
     listen: str = "127.0.0.1:8080"
+    """Where the HTTP API listens: HOST:PORT, or [IPv6]:PORT."""
     public_url: str | None = None
+    """The base of links in webhooks and pages (http or https); default: http://<listen>."""
 
     @field_validator("listen")
     @classmethod
@@ -92,8 +100,11 @@ class ServerConfig(_Model):
 
 
 class StoreConfig(_Model):
+    """[store]: where tickets, their timelines and webhook deliveries are kept."""
+
     url: str | None = None
-    """SQLAlchemy async URL; default: SQLite under the state directory."""
+    """SQLAlchemy async URL of the store; default: SQLite at $STATE_DIRECTORY/tocsin.db, else
+    /var/lib/tocsin/tocsin.db. A relative SQLite path is relative to the config file."""
 
 
 # [monitor]: the windows every subject starts from (see tocsin.monitor.config).
@@ -101,16 +112,24 @@ MonitorConfig = MonitorDefaults
 
 
 class LogConfig(_Model):
+    """[log]: what is logged to stderr (journald under systemd), secrets always redacted."""
+
     level: Literal["debug", "info", "warning", "error"] = "info"
+    """The least severe level logged."""
     format: Literal["auto", "json", "console"] = "auto"
+    """json: JSON lines; console: readable lines; auto: JSON unless stderr is a terminal."""
 
 
 class RetentionConfig(_Model):
     """[retention]: how long to keep finished things; unset keeps them for ever (the default)."""
 
-    resolved_tickets: Duration | None = None  # a resolved ticket, its timeline and deliveries
-    delivered_webhooks: Duration | None = None  # deliveries that succeeded
-    every: Duration = timedelta(hours=1)  # how often to prune
+    resolved_tickets: Duration | None = None
+    """Delete a ticket this long after it was resolved, with its timeline and deliveries;
+    at least monitor.reopen_window. Unset: keep."""
+    delivered_webhooks: Duration | None = None
+    """Delete a webhook delivery this long after it succeeded. Unset: keep."""
+    every: Duration = timedelta(hours=1)
+    """How often to prune (and once at start)."""
 
 
 TriggerName = Literal[
@@ -137,16 +156,28 @@ class WebhookConfig(_Model):
     previous_secret_env and every delivery carries both signatures."""
 
     name: Annotated[str, Field(pattern=WEBHOOK_NAME_PATTERN)]
+    """Lowercase letters, digits, - and _; names the endpoint in the CLI, logs and tickets."""
     url: str
-    orgs: list[str] = []  # empty: every org in the config
+    """Where deliveries are POSTed (http or https); redirects are not followed."""
+    orgs: list[str] = []
+    """The orgs whose tickets it receives; empty: every org in the config."""
     triggers: list[TriggerName] = list(ALL_TRIGGERS)
+    """The ticket triggers it receives; default: all five."""
     secret_file: str | None = None
+    """A file holding the signing secret, whsec_<base64> (or give secret_env)."""
     secret_env: str | None = None
+    """An environment variable holding the signing secret (or give secret_file)."""
     previous_secret_file: str | None = None
+    """During a rotation: a file with the old secret; deliveries then carry both signatures."""
     previous_secret_env: str | None = None
+    """During a rotation: an environment variable with the old secret."""
     headers: dict[str, str] = {}
+    """Extra request headers (not the webhook-* and other headers tocsin sets)."""
     timeout: Duration = timedelta(seconds=15)
+    """How long one attempt may take, at most 5m; then it counts as failed."""
     format: Literal["standard", "slack", "teams"] = "standard"
+    """standard: the JSON event; slack: {"text": ...} (Slack, Mattermost); teams: an Adaptive
+    Card. All are signed."""
 
     @field_validator("url")
     @classmethod
@@ -217,6 +248,7 @@ class WebhookDeliveryConfig(_Model):
     """Attempts in flight in all; an endpoint holds at most per_endpoint_concurrency of them,
     so endpoints that hang (until their timeout) cannot take every slot."""
     per_endpoint_concurrency: Annotated[int, Field(ge=1, le=256)] = 16
+    """Attempts in flight to one endpoint."""
     poll_interval: Duration = timedelta(milliseconds=500)
     """How often new triggers and due retries are looked for when nothing else wakes it."""
     lease: Duration = timedelta(seconds=30)
@@ -248,11 +280,20 @@ Scope = Literal["read", "write", "workflow"]
 
 
 class TokenConfig(_Model):
+    """[[orgs.tokens]]: an API bearer token, with exactly one of token_file, token_env or
+    token_sha256. tocsin keeps only its SHA-256 in memory."""
+
     name: Annotated[str, Field(min_length=1, max_length=64)]
+    """Unique in the org; the actor on the timeline unless a request names another."""
     scope: Scope
+    """read: reads; write: everything (people); workflow: reads, opens workflow tickets,
+    comments and resolves."""
     token_file: str | None = None
+    """A file holding the token itself, on one line."""
     token_env: str | None = None
+    """An environment variable holding the token."""
     token_sha256: str | None = None
+    """The token's SHA-256 in hex (64 characters): no secret in the config."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> TokenConfig:
@@ -267,10 +308,16 @@ class TokenConfig(_Model):
 
 
 class OrgConfig(_Model):
+    """[[orgs]]: an organisation. Tickets, subjects and tokens each belong to one."""
+
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
+    """Lowercase letters, digits and dashes; used in URLs and --org."""
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    """The org's name, as people read it."""
     report_issue: bool = False
+    """People may file tickets through Report issue (source user, with a write token)."""
     tokens: list[TokenConfig] = []
+    """The org's API tokens."""
 
     @field_validator("tokens")
     @classmethod
@@ -283,17 +330,30 @@ class OrgConfig(_Model):
 
 
 class Config(_Model):
+    """The whole config file."""
+
     server: ServerConfig = ServerConfig()
+    """The HTTP API."""
     store: StoreConfig = StoreConfig()
+    """The ticket store."""
     monitor: MonitorDefaults = MonitorDefaults()
+    """The health monitor's defaults and limits."""
     log: LogConfig = LogConfig()
+    """Logging."""
     retention: RetentionConfig = RetentionConfig()
+    """How long resolved tickets and delivered webhooks are kept."""
     orgs: list[OrgConfig] = []
+    """The organisations and their API tokens."""
     webhooks: list[WebhookConfig] = []
+    """Endpoints that receive signed ticket triggers."""
     webhook_delivery: WebhookDeliveryConfig = WebhookDeliveryConfig()
+    """Retries, pacing and health of every webhook endpoint."""
     mqtt: MqttConfig = MqttConfig()
+    """MQTT brokers that mqtt probes watch devices through."""
     devices: list[DeviceConfig] = []
+    """Devices to watch, each with one probe."""
     integrations: list[IntegrationConfig] = []
+    """Integrations whose credentials are checked."""
 
     @field_validator("webhooks")
     @classmethod

@@ -27,47 +27,81 @@ DeviceProbe = Annotated[HttpSpec | SnmpSpec | MqttProbeSpec | PushSpec, Field(di
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # The docstring under each field is its description (the README's config reference).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
 
 
 class WindowOverrides(_Model):
     """Per-subject overrides of the [monitor] windows; unset keys take the global value."""
 
     interval: Duration | None = None
+    """How often its pull probe runs (the probe's own interval wins); unset: monitor.interval."""
     debounce: Duration | None = None
+    """Unhealthy this long before a ticket opens; unset: monitor.debounce."""
     recovery: Duration | None = None
+    """Healthy this long before its ticket auto-resolves; unset: monitor.recovery."""
     reopen_window: Duration | None = None
+    """Failing again this soon after a resolution reopens it; unset: monitor.reopen_window."""
     flap_window: Duration | None = None
+    """The window health flips are counted in; unset: monitor.flap_window."""
     flap_threshold: Annotated[int, Field(ge=1)] | None = None
+    """More flips than this within flap_window is flapping; unset: monitor.flap_threshold."""
     auto_resolve: bool | None = None
+    """Resolve its ticket on recovery (false: a comment only); unset: monitor.auto_resolve."""
     auto_resolve_in_progress: bool | None = None
+    """Auto-resolve an In Progress ticket too; unset: monitor.auto_resolve_in_progress."""
 
 
 class MonitorDefaults(_Model):
     """[monitor]: the defaults every subject starts from, and the monitor's own limits."""
 
     debounce: Duration = timedelta(minutes=2)
+    """Continuously unhealthy this long before a ticket opens."""
     recovery: Duration = timedelta(minutes=1)
+    """Continuously healthy this long before the ticket auto-resolves."""
     reopen_window: Duration = timedelta(hours=24)
+    """Failing again within this time after the resolution reopens the same ticket."""
     interval: Duration = timedelta(seconds=30)
+    """How often pull probes (http, snmp, credential checks) run."""
     flap_window: Duration = timedelta(minutes=10)
+    """The window in which health flips are counted."""
     flap_threshold: Annotated[int, Field(ge=1)] = 5
+    """More health flips than this within flap_window mark a subject flapping: one note, no
+    resolve/reopen churn."""
     auto_resolve: bool = True
+    """Resolve a ticket when its subject recovers; false: the monitor only comments."""
     auto_resolve_in_progress: bool = True
+    """Auto-resolve In Progress tickets too; false: leave them to the person working them."""
     max_concurrency: Annotated[int, Field(ge=1, le=10_000)] = 256
+    """Pull probes running at once, overall."""
     per_host_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
+    """Pull probes running at once against one host."""
     push_secret_file: str | None = None
+    """The site secret push URLs derive from; default: a file push-secret created beside the
+    SQLite database."""
     push_secret_env: str | None = None
+    """The site secret from an environment variable instead."""
 
 
 class DeviceConfig(WindowOverrides):
+    """[[devices]]: a device watched by one probe; it may override the [monitor] windows."""
+
     org: Annotated[str, Field(pattern=ORG_SLUG)]
+    """The slug of the org it belongs to."""
     id: Annotated[str, Field(pattern=SUBJECT_ID)]
+    """Unique among the org's devices; no '/', 1-128 characters."""
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    """What people read in tickets and webhooks."""
     space: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """Where it is, e.g. a room."""
     labels: dict[str, str] = {}
+    """Free-form labels, e.g. { rack = "A3" }."""
     depends_on: list[str] = []
+    """Ids of subjects in the same org it depends on (each must exist)."""
     probe: DeviceProbe
+    """How it is probed; its type (http, snmp, mqtt or push) picks the other keys."""
 
     @property
     def key(self) -> SubjectKey:
@@ -75,12 +109,20 @@ class DeviceConfig(WindowOverrides):
 
 
 class IntegrationConfig(WindowOverrides):
+    """[[integrations]]: a third-party API whose credentials tocsin checks."""
+
     org: Annotated[str, Field(pattern=ORG_SLUG)]
+    """The slug of the org it belongs to."""
     id: Annotated[str, Field(pattern=SUBJECT_ID)]
+    """Unique among the org's integrations; no '/', 1-128 characters."""
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    """What people read in tickets and webhooks."""
     labels: dict[str, str] = {}
+    """Free-form labels."""
     depends_on: list[str] = []
+    """Ids of subjects in the same org it depends on (each must exist)."""
     check: CredentialCheckSpec
+    """The credential check: an authenticated HTTP request."""
 
     @property
     def key(self) -> SubjectKey:
@@ -88,7 +130,10 @@ class IntegrationConfig(WindowOverrides):
 
 
 class MqttConfig(_Model):
+    """[mqtt]: the brokers mqtt probes use."""
+
     brokers: list[BrokerSpec] = []
+    """One connection per broker; each broker is itself watched (integration mqtt-broker:NAME)."""
 
 
 Subject = DeviceConfig | IntegrationConfig

@@ -18,7 +18,11 @@ from tocsin.probes.observation import Observation, SubjectKey
 class SpecModel(BaseModel):
     """Base of every probe spec in the config: unknown keys are errors, values strictly typed."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # use_attribute_docstrings: the docstring under each field is its description, which the
+    # config reference in README.md is generated from (tocsin.docs).
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
+    )
 
 
 class PullProbe(Protocol):

@@ -66,8 +66,11 @@ class BearerAuth(SpecModel):
     """`Authorization: Bearer <token>`. `type` may be left out when bearer_* is given."""
 
     type: Literal["bearer"] = "bearer"
+    """May be left out: bearer_file or bearer_env says it."""
     bearer_file: str | None = None
+    """A file holding the token."""
     bearer_env: str | None = None
+    """An environment variable holding the token."""
 
     @model_validator(mode="after")
     def _source(self) -> BearerAuth:
@@ -76,10 +79,16 @@ class BearerAuth(SpecModel):
 
 
 class BasicAuth(SpecModel):
+    """HTTP Basic: `Authorization: Basic base64(username:password)`."""
+
     type: Literal["basic"] = "basic"
+    """May be left out: username says it."""
     username: Annotated[str, Field(min_length=1, pattern=r"^[^:]*$")]
+    """The user name (no ':')."""
     password_file: str | None = None
+    """A file holding the password."""
     password_env: str | None = None
+    """An environment variable holding the password."""
 
     @model_validator(mode="after")
     def _source(self) -> BasicAuth:
@@ -91,9 +100,13 @@ class ApiKeyAuth(SpecModel):
     """The key in a header of the integration's choosing, e.g. header = "X-API-Key"."""
 
     type: Literal["api_key"] = "api_key"
+    """May be left out: header, key_file or key_env says it."""
     header: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+    """The header that carries the key."""
     key_file: str | None = None
+    """A file holding the key."""
     key_env: str | None = None
+    """An environment variable holding the key."""
 
     @model_validator(mode="after")
     def _source(self) -> ApiKeyAuth:
@@ -109,12 +122,19 @@ class OAuth2Auth(SpecModel):
     """
 
     type: Literal["oauth2"] = "oauth2"
+    """May be left out: token_url says it."""
     token_url: str
+    """The token endpoint (http or https)."""
     client_id: Annotated[str, Field(min_length=1)]
+    """The client id."""
     client_secret_file: str | None = None
+    """A file holding the client secret."""
     client_secret_env: str | None = None
+    """An environment variable holding the client secret."""
     scope: str | None = None
+    """The scope to ask for; unset: none sent."""
     client_auth: Literal["basic", "post"] = "basic"
+    """How the client id and secret are sent: basic (HTTP Basic) or post (form body)."""
 
     @field_validator("token_url")
     @classmethod
@@ -164,16 +184,27 @@ class CredentialCheckSpec(SpecModel):
     crontab line, evaluated in UTC), or neither for the [monitor] interval."""
 
     type: Literal["http"]
+    """An authenticated HTTP request."""
     url: str
+    """An API URL that needs the credentials, e.g. a "who am I" endpoint."""
     auth: Auth
+    """The credentials: bearer, basic, api_key or oauth2."""
     method: Method = "GET"
+    """The request method."""
     headers: dict[str, str] = {}
+    """Extra request headers."""
     interval: Duration | None = None
+    """How often it runs (or give cron); unset: the integration's, else monitor.interval."""
     cron: str | None = None
+    """A five-field crontab line, in UTC, instead of an interval."""
     timeout: Duration = DEFAULT_TIMEOUT
+    """How long the request (and an OAuth2 token request) may take."""
     expiry_warning_days: Annotated[int, Field(ge=0)] = 14
+    """A JWT exp or TLS certificate this close to its end opens "credentials expiring"; 0: off."""
     verify_tls: bool = True
+    """Verify the server's TLS certificate."""
     ca_file: str | None = None
+    """A PEM file of CAs to verify against instead of the system's."""
 
     @field_validator("url")
     @classmethod

@@ -179,10 +179,15 @@ class HttpSpec(SpecModel):
     """
 
     type: Literal["http"]
+    """An HTTP request."""
     url: str
+    """The URL to request (http or https); user:password in it is never logged."""
     method: Method = "GET"
+    """The request method."""
     headers: dict[str, str] = {}
+    """Extra request headers."""
     body: str | None = None
+    """A request body."""
     expect_status: list[Annotated[int, Field(ge=100, le=599)]] | None = None
     """Accepted statuses (an int or a list); default any 2xx."""
     expect_body: Annotated[str, Field(min_length=1)] | None = None
@@ -190,11 +195,17 @@ class HttpSpec(SpecModel):
     expect_json: dict[str, JsonScalar] = {}
     """Dotted paths into the JSON body and the values they must hold: {"status" = "ok"}."""
     max_latency: Duration | None = None
+    """A slower answer is unhealthy (shorter than timeout)."""
     timeout: Duration = DEFAULT_TIMEOUT
+    """How long the request, body included, may take."""
     interval: Duration | None = None
+    """How often it runs; unset: the device's interval, else monitor.interval."""
     verify_tls: bool = True
+    """Verify the server's TLS certificate."""
     ca_file: str | None = None
+    """A PEM file of CAs to verify against instead of the system's."""
     expiry_warning_days: Annotated[int, Field(ge=0)] = 14
+    """A TLS certificate this close to its end makes the device unhealthy; 0: off."""
 
     @field_validator("url")
     @classmethod

@@ -79,13 +79,21 @@ class DiscoverySpec(SpecModel):
     """Devices found by topic: `pattern = "site/+/status"`, the `+` level is the device name."""
 
     pattern: str
+    """A status topic filter with exactly one + level, the device name: "site/+/status"."""
     org: Annotated[str, Field(min_length=1)]
+    """The org the devices found belong to."""
     online: str = "online"
+    """The payload that means online."""
     offline: str = "offline"
+    """The payload that means offline (e.g. the Last Will)."""
     id_template: str = "{id}"
+    """A found device's id, from its name ({id})."""
     name_template: str = "{id}"
+    """A found device's name, from its name ({id})."""
     heartbeat_timeout: Duration | None = None
+    """Also unhealthy when its status topic is silent this long; unset: no heartbeat."""
     max_devices: Annotated[int, Field(ge=1)] = 10_000
+    """At most this many devices are found through the pattern; more are ignored (logged)."""
 
     @field_validator("pattern")
     @classmethod
@@ -114,20 +122,35 @@ class BrokerSpec(SpecModel):
     """[[mqtt.brokers]]: where to connect, as whom, and how to come back after a loss."""
 
     name: Annotated[str, Field(pattern=_NAME)]
+    """What mqtt probes name in broker; lowercase letters, digits, - and _."""
     host: Annotated[str, Field(min_length=1)]
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # 1883, or 8883 with tls
+    """The broker's host name or address."""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """The broker's port; default: 1883, or 8883 with tls."""
     tls: bool = False
-    ca_file: str | None = None  # default: the system's CAs
+    """Connect over TLS."""
+    ca_file: str | None = None
+    """A PEM file of CAs to verify the broker with; default: the system's CAs."""
     username: str | None = None
+    """The user name to connect as."""
     password_file: str | None = None
+    """A file holding the password (needs username)."""
     password_env: str | None = None
+    """An environment variable holding the password (needs username)."""
     client_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    """The MQTT client id; default: a random one."""
     keepalive: Duration = timedelta(seconds=60)
+    """The MQTT keepalive, at least 1s."""
     connect_timeout: Duration = timedelta(seconds=10)
+    """How long connecting may take."""
     reconnect_min: Duration = timedelta(seconds=1)
+    """The first delay before reconnecting after a loss; it doubles on each failure ..."""
     reconnect_max: Duration = timedelta(seconds=60)
-    org: str | None = None  # the org the broker's own ticket belongs to; default: its devices'
+    """... up to this."""
+    org: str | None = None
+    """The org the broker's own ticket belongs to; default: its devices'."""
     discovery: list[DiscoverySpec] = []
+    """Devices found by topic instead of listed in [[devices]]."""
 
     @model_validator(mode="after")
     def _consistent(self) -> BrokerSpec:
@@ -150,8 +173,12 @@ class BrokerSpec(SpecModel):
 
 
 class SparkplugSpec(SpecModel):
+    """A Sparkplug B edge node: online after its NBIRTH, offline on the NDEATH that matches it."""
+
     group_id: Annotated[str, Field(min_length=1)]
+    """The Sparkplug group id."""
     edge_node_id: Annotated[str, Field(min_length=1)]
+    """The Sparkplug edge node id."""
 
     @field_validator("group_id", "edge_node_id")
     @classmethod
@@ -167,14 +194,23 @@ class MqttProbeSpec(SpecModel):
     """
 
     type: Literal["mqtt"]
+    """Watched through an MQTT broker."""
     broker: str
+    """The name of a [[mqtt.brokers]] entry."""
     status_topic: str | None = None
+    """A topic carrying online/offline (retained, and the device's Last Will)."""
     online: str = "online"
+    """The status payload that means online."""
     offline: str = "offline"
+    """The status payload that means offline."""
     heartbeat_topic: str | None = None
+    """A topic (wildcards allowed) where any live message is a sign of life."""
     heartbeat_topics: list[str] = []
+    """More heartbeat topics."""
     heartbeat_timeout: Duration | None = None
+    """No live message on the heartbeat topics for this long is unhealthy."""
     sparkplug: SparkplugSpec | None = None
+    """A Sparkplug B edge node to watch."""
 
     @field_validator("status_topic")
     @classmethod

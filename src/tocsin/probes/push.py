@@ -53,10 +53,15 @@ class PushSpec(SpecModel):
     """`probe = { type = "push", timeout = "5m" }`; optional `grace`, `key_file`/`key_env`."""
 
     type: Literal["push"]
+    """Heartbeats: the subject calls its secret URL (`tocsin ping-url ID`)."""
     timeout: Duration
+    """The subject must ping at least this often."""
     grace: Duration = timedelta(0)
+    """Extra time after timeout before silence counts as a failure."""
     key_file: str | None = None
+    """A file holding a fixed ping key (22+ URL-safe characters) instead of the derived one."""
     key_env: str | None = None
+    """An environment variable holding a fixed ping key."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PushSpec:
