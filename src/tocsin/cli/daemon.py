@@ -1,0 +1,139 @@
+"""`tocsin run` (signals are handled here and only here), `check-config`, `db upgrade|backup`."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import click
+import structlog
+
+from tocsin import app, logs
+from tocsin.cli.base import (
+    config_option,
+    fail,
+    load_settings,
+    main,
+    out,
+    with_database,
+)
+from tocsin.config import ConfigError, Settings, load
+from tocsin.db import backup, migrate
+from tocsin.db.engine import Database, StoreUrlError
+
+
+@main.command()
+@config_option
+def run(config_path: Path) -> None:
+    """Run the daemon: SIGTERM or SIGINT stops it."""
+    settings = load_settings(config_path)
+    logs.configure(settings.config.log.level, settings.config.log.format)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        reloads: asyncio.Queue[Settings] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def on_stop() -> None:
+            stop.set()
+            # A stop should take a second or two; if it hangs, say where.
+            loop.call_later(STOP_REPORT_AFTER, report_stuck_tasks)
+
+        def on_reload() -> None:
+            new = reload_settings(config_path)
+            if new is not None:
+                logs.configure(new.config.log.level, new.config.log.format)
+                reloads.put_nowait(new)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_stop)
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
+        await app.run(settings, stop, reloads=reloads)
+
+    try:
+        asyncio.run(serve())
+    except StoreUrlError as exc:
+        fail(f"store.url: {exc}")
+    except OSError as exc:
+        fail(f"cannot start: {exc.strerror or exc}", 1)
+
+
+STOP_REPORT_AFTER = 5.0
+
+
+def reload_settings(path: Path) -> Settings | None:
+    """The config at `path` for a reload (SIGHUP); None, with every problem logged, when it is
+    invalid: the running config then stays."""
+    log = structlog.get_logger("tocsin")
+    try:
+        return load(path)
+    except ConfigError as exc:
+        log.error(
+            "config reload refused: the new config is invalid; keeping the running one",
+            config=str(path),
+            problems=[str(p) for p in exc.problems],
+        )
+        return None
+
+
+def report_stuck_tasks() -> None:
+    """Log every task still running, with where it waits (for a stop that takes too long)."""
+    log = structlog.get_logger("tocsin")
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}" for f in frames]
+        log.warning("still running while stopping", task=task.get_name(), stack=where)
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config(file: Path) -> None:
+    """Validate FILE; print every problem with its key path."""
+    settings = load_settings(file)
+    orgs = len(settings.config.orgs)
+    out.print(
+        f"{file}: valid ({orgs} org{'s' if orgs != 1 else ''}, "
+        f"{len(settings.tokens)} token{'s' if len(settings.tokens) != 1 else ''})",
+        highlight=False,
+    )
+
+
+@main.group()
+def db() -> None:
+    """The ticket store's database."""
+
+
+@db.command("upgrade")
+@config_option
+def db_upgrade(config_path: Path) -> None:
+    """Create the schema or bring it to the newest revision."""
+    settings = load_settings(config_path)
+
+    async def upgrade(database: Database) -> None:
+        await migrate.upgrade(database)
+
+    with_database(settings, upgrade)
+    out.print(f"schema at revision {migrate.head_revision()}")
+
+
+@db.command("backup")
+@config_option
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+def db_backup(config_path: Path, file: Path, force: bool) -> None:
+    """Copy the SQLite store to FILE, consistent as of the start, while the daemon runs
+    (SQLite's online backup; the daemon keeps writing)."""
+    settings = load_settings(config_path)
+    try:
+        result = backup.backup(settings.store_url, file, force=force)
+    except backup.BackupRefused as exc:
+        fail(str(exc))
+    except backup.BackupError as exc:
+        fail(str(exc), 1)
+    out.print(
+        f"backed up {result.source} to {result.target} ({result.size / 2**20:.1f} MiB)",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
