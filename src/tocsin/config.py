@@ -307,6 +307,12 @@ class TokenConfig(_Model):
         return self
 
 
+def _refuse_duplicates(rule: str, names: list[str]) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{rule}: {', '.join(duplicates)}")
+
+
 class OrgConfig(_Model):
     """[[orgs]]: an organisation. Tickets, subjects and tokens each belong to one."""
 
@@ -322,10 +328,7 @@ class OrgConfig(_Model):
     @field_validator("tokens")
     @classmethod
     def _unique_token_names(cls, tokens: list[TokenConfig]) -> list[TokenConfig]:
-        names = [t.name for t in tokens]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"token names must be unique in an org: {', '.join(duplicates)}")
+        _refuse_duplicates("token names must be unique in an org", [t.name for t in tokens])
         return tokens
 
 
@@ -358,19 +361,13 @@ class Config(_Model):
     @field_validator("webhooks")
     @classmethod
     def _unique_webhook_names(cls, webhooks: list[WebhookConfig]) -> list[WebhookConfig]:
-        names = [w.name for w in webhooks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"webhook names must be unique: {', '.join(duplicates)}")
+        _refuse_duplicates("webhook names must be unique", [w.name for w in webhooks])
         return webhooks
 
     @field_validator("orgs")
     @classmethod
     def _unique_slugs(cls, orgs: list[OrgConfig]) -> list[OrgConfig]:
-        slugs = [o.slug for o in orgs]
-        duplicates = sorted({s for s in slugs if slugs.count(s) > 1})
-        if duplicates:
-            raise ValueError(f"org slugs must be unique: {', '.join(duplicates)}")
+        _refuse_duplicates("org slugs must be unique", [o.slug for o in orgs])
         return orgs
 
     @model_validator(mode="after")
