@@ -3,6 +3,7 @@ observations in, tickets (and their timelines) out; restarts; people's actions."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -292,3 +293,30 @@ async def test_back_dating_never_goes_before_the_subjects_last_event(
     state = monitor.subjects()[CAM].state
     assert state.since is not None
     assert state.since.mono == healthy_at  # clamped to the last event, not 60 s earlier
+
+
+async def test_the_monitor_loop_stops_when_cancelled_even_while_observations_pour_in(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    running = asyncio.create_task(monitor.run())
+
+    async def flood() -> None:
+        while True:
+            for _ in range(50):
+                monitor.observe(CAM, up())
+            await asyncio.sleep(0)
+
+    flooding = asyncio.create_task(flood())
+    try:
+        for _ in range(20):  # each cancel lands while the queue is never empty
+            await asyncio.sleep(0.01)
+            running.cancel()
+            done, _ = await asyncio.wait({running}, timeout=2.0)
+            assert done, "the monitor's loop swallowed a cancellation"
+            running = asyncio.create_task(monitor.run())
+    finally:
+        flooding.cancel()
+        running.cancel()
+        # Bounded: a loop that swallows the cancel must fail this test, not hang the suite.
+        await asyncio.wait({flooding, running}, timeout=2.0)

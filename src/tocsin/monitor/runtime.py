@@ -9,6 +9,7 @@ tickets (from the trigger outbox, so the CLI's changes count too) and saves chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -196,10 +197,12 @@ class HealthMonitor:
         try:
             while True:
                 timeout = max(0.0, min(next_windows, next_housekeeping) - self._monotonic())
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
-                except TimeoutError:
-                    item = None
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
+                # that arrives as the queue hands over an item, and the daemon would not stop.
+                item = None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        item = await self._queue.get()
                 if item is not None:
                     await self.handle_observation(*item)
                 mono = self._monotonic()

@@ -127,8 +127,9 @@ class PullScheduler:
                         task.add_done_callback(self._tasks.discard)
                 delay = self._heap[0].at - self._monotonic() if self._heap else 3600.0
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, delay))
+                with contextlib.suppress(TimeoutError):  # not wait_for: see HealthMonitor.run
+                    async with asyncio.timeout(max(0.0, delay)):
+                        await self._wake.wait()
         finally:
             for task in list(self._tasks):
                 task.cancel()
