@@ -26,10 +26,12 @@ Two phases, every peer in a process of its own (so the daemon's CPU and memory a
      PullScheduler: 10,000 trivial probes at a 1 s interval (75 x the fleet's pull rate): runs/s
            and lateness against each probe's exact due time (a seeded rng replays the
            scheduler's random first offsets).
-2. The fleet: an aiohttp server process for the HTTP devices (503 for those switched to
-   failing), snmpd agents on loopback UDP ports (2,000 SNMP subjects share 4 agents: 3 share
-   1,950, the 4th has the 50 that fail when it is killed), mosquitto and a publisher process
-   sending each MQTT device's heartbeat once per interval at a random phase. The daemon is
+2. The fleet: the demo's simulator (`tocsin.demo.SimulatedSite`, as `tocsin demo` runs it) in a
+   process of its own for the HTTP devices (503 for those switched to failing; every answer
+   closes its connection, so each check opens a new TCP connection), snmpd agents on loopback
+   UDP ports (2,000 SNMP subjects share 4 agents: 3 share 1,950, the 4th has the 50 that fail
+   when it is killed), mosquitto and a publisher process sending each MQTT device's heartbeat
+   once per interval at a random phase. The daemon is
    `python -m tocsin run --config <generated>` (SQLite in a temp folder). Its CPU time
    (/proc/PID/stat) and VmRSS are sampled every 2 s. After warm-up, failures are injected at
    a recorded wall time: 50 HTTP devices answer 503, the 4th snmpd is killed, 100 MQTT devices
@@ -252,15 +254,15 @@ class Peers:
         return found
 
 
-def start_peers(children: Children, agents: int) -> Peers:
+def start_peers(children: Children, agents: int, http_devices: int) -> Peers:
     broker_port = free_port()
     mosquitto = start_mosquitto(children, broker_port)
     http_port = free_port()
-    http = children.role("http-devices", "http-devices", str(http_port))
+    http = children.role("http-devices", "http-devices", str(http_port), str(http_devices))
     deadline = time.monotonic() + 20
     while not tcp_ready(http_port):
         if not http.running or time.monotonic() > deadline:
-            raise SystemExit(f"the HTTP device server did not start; see {http.log.name}")
+            raise SystemExit(f"the simulated HTTP site did not start; see {http.log.name}")
         time.sleep(0.05)
     snmpds = []
     for i in range(agents):
@@ -401,6 +403,7 @@ class FleetRun:
     stop_seconds: float = 0.0
     exit_code: int | None = None
     heartbeat_stats: dict[str, Any] = field(default_factory=dict)
+    http_stats: dict[str, Any] = field(default_factory=dict)
     log_levels: Counter[str] = field(default_factory=Counter)
     log_others: Counter[str] = field(default_factory=Counter)
     profile: str | None = None
@@ -468,10 +471,11 @@ async def fleet_phase(
     snmp_ports.append((peers.agents[-1][1], opts.fail_snmp))
     listen = free_port()
     db = workdir / "tocsin.db"
+    http_base = f"http://127.0.0.1:{peers.http_port}"
     text, fleet = fleet_config(
         db=db,
         listen_port=listen,
-        http_base=f"http://127.0.0.1:{peers.http_port}",
+        http_base=http_base,
         http_count=opts.http,
         snmp_ports=snmp_ports,
         broker_port=peers.broker_port,
@@ -506,6 +510,14 @@ async def fleet_phase(
         if not publisher.running or time.monotonic() > deadline:
             raise SystemExit(f"the heartbeat publisher did not start; see {publisher.log.name}")
         await asyncio.sleep(0.05)
+
+    # The capacity loops kept their connections alive; the fleet's checks each open a new one,
+    # as checks of 2,000 separate hosts every 30 s would.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{http_base}/control/connections", json={"close": True}) as response,
+    ):
+        response.raise_for_status()
 
     run.spawned_at = time.time()
     daemon = children.spawn(
@@ -560,6 +572,8 @@ async def fleet_phase(
             run.health_after = health_counts(db)
             async with session.get(f"http://127.0.0.1:{control_port}/control/stats") as r:
                 run.heartbeat_stats = await r.json()
+            async with session.get(f"{http_base}/control/stats") as r:
+                run.http_stats = await r.json()
     finally:
         stop_sampling.set()
         await sampling
@@ -717,6 +731,7 @@ def report(
         say("health before the failures (subject_states): " + health_text(run.health_before))
         say("health at the end:                            " + health_text(run.health_after))
         say(f"heartbeat publisher: {run.heartbeat_stats}")
+        say(f"simulated HTTP site (answers since it started): {run.http_stats}")
         say()
         say(
             f"detection overhead = opened_at - failure - debounce ({opts.debounce:g} s); "
@@ -793,9 +808,9 @@ def report(
                     f"| {column('machine_cpu')} | {ref} |"
                 )
         say(
-            "(peer: the HTTP server process, the snmpd agents, mosquitto; whole machine: "
-            "200% = both cores busy, other sessions' work included; snmp bare+create: the bare "
-            "loop creating a UdpTransportTarget per GET as SnmpProbe does, informational)"
+            "(peer: the simulated HTTP site's process, the snmpd agents, mosquitto; whole "
+            "machine: 200% = both cores busy, other sessions' work included; snmp bare+create: "
+            "the bare loop creating a UdpTransportTarget per GET as SnmpProbe does, informational)"
         )
         for r in capacity.runs.get("mqtt", []):
             say(
@@ -860,7 +875,7 @@ def health_text(counts: Counter[tuple[str, str]]) -> str:
 def run_hidden_role(argv: list[str]) -> None:
     role, rest = argv[1], argv[2:]
     if role == "http-devices":
-        asyncio.run(sim.http_devices(int(rest[0])))
+        asyncio.run(sim.http_devices(int(rest[0]), int(rest[1])))
     elif role == "heartbeats":
         broker, control, devices, every, prefix, seed = rest
         asyncio.run(
@@ -896,7 +911,7 @@ def main(argv: list[str]) -> int:
     capacity_result: Capacity | None = None
     run: FleetRun | None = None
     try:
-        peers = start_peers(children, opts.snmp_agents)
+        peers = start_peers(children, opts.snmp_agents, opts.http)
         if not opts.skip_capacity:
             capacity_result = capacity_phase(opts, children, peers)
         if not opts.skip_fleet:

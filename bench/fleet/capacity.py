@@ -20,7 +20,7 @@ from typing import Any
 
 from fleet.peers import BENCH_SCRIPT, SNMP_COMMUNITY, SYS_UPTIME, _die_with_parent
 from fleet.procstat import CpuMeter, MachineMeter
-from fleet.sim import hb_topic
+from fleet.sim import hb_topic, http_device_url
 
 
 async def timed_workers(
@@ -92,7 +92,7 @@ async def http_capacity(args: dict[str, Any]) -> list[dict[str, Any]]:
     from tocsin.probes.http import HTTP_RESOURCE, HttpProbe, HttpSpec, make_http_session
 
     base, devices, conc = args["base"], args["devices"], args["concurrency"]
-    urls = [f"{base}/dev/{n}/health" for n in range(devices)]
+    urls = [http_device_url(base, n) for n in range(devices)]
     results = []
     for _rep in range(args["reps"]):
         async with aiohttp.ClientSession() as session:  # the library's defaults: limit 100
@@ -394,7 +394,7 @@ async def scheduler_capacity(args: dict[str, Any]) -> list[dict[str, Any]]:
             calls[self.n].append(time.monotonic())
             return healthy
 
-    def sink(key: SubjectKey, observation: Observation) -> None:
+    def sink(key: SubjectKey, observation: Observation, started: float) -> None:
         sunk["n"] += 1
 
     scheduler = PullScheduler(sink, max_concurrency=256, per_host=256, rng=random.Random(seed))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from fleet.sim import hb_topic
+from fleet.sim import hb_topic, http_device_url, http_id
 
 ORG = "fleet"
 TOKEN = "fleet-bench-read-token"
@@ -29,10 +29,6 @@ class Fleet:
 
     def kind(self, subject_id: str) -> str:
         return subject_id.split("-", 1)[0]
-
-
-def http_id(n: int) -> str:
-    return f"http-{n:05d}"
 
 
 def snmp_id(n: int) -> str:
@@ -90,7 +86,7 @@ def fleet_config(
     fleet = Fleet()
     for n in range(http_count):
         fleet.http.append(http_id(n))
-        url = f"{http_base}/dev/{n}/health?close=1"
+        url = http_device_url(http_base, n)
         probe = f'{{ type = "http", url = "{url}", timeout = "{http_timeout:g}s" }}'
         lines += _device(http_id(n), f"HTTP device {n}", probe)
     n = 0

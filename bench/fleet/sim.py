@@ -1,9 +1,12 @@
 """The simulated fleet, each part run as its own process (`bench_fleet.py --role ...`).
 
-- `http_devices`: an aiohttp server answering GET /dev/{n}/health with 200, or 503 for the
-  devices switched to failing by POST /control/fail {"ids": [n, ...]} (the answer holds the
-  server's wall time of the switch). `?close=1` answers with `Connection: close`, as a real
-  fleet of 2,000 hosts probed every 30 s would (no keep-alive connection lives that long).
+- `http_devices`: the demo's `SimulatedSite` (`tocsin demo`'s simulator) with one device per
+  HTTP subject, answering GET /devices/http-NNNNN/health with 200, or 503 for the devices
+  switched to failing by POST /control/fail {"ids": [n, ...]} (`site.fail`; the answer holds
+  the server's wall time of the switch). POST /control/connections {"close": true} makes every
+  health answer close its connection (`site.close_connections`), as a real fleet of 2,000 hosts
+  probed every 30 s would (no keep-alive connection lives that long); GET /control/stats gives
+  `site.requests` totals.
 - `heartbeats`: one aiomqtt client publishing `fleet/mqtt-N/hb` for each device once per
   interval at a random phase (QoS 0); POST /control/stop {"ids": [...]} on its control port
   stops those devices and answers with the wall time each last heartbeat was sent.
@@ -23,52 +26,57 @@ import socket
 import sys
 import time
 
-import aiohttp
 from aiohttp import web
-
-OK_BODY = b'{"status":"ok"}'
-FAIL_BODY = b'{"status":"failing"}'
 
 
 def hb_topic(prefix: str, n: int) -> str:
     return f"{prefix}/mqtt-{n:05d}/hb"
 
 
+def http_id(n: int) -> str:
+    """HTTP device n: its subject id in the daemon's config and its id on the simulated site."""
+    return f"http-{n:05d}"
+
+
 # -- HTTP devices ----------------------------------------------------------------------------
+# tocsin.demo is imported where it is used: importing it takes ~1.5 s, and every role process
+# (the flood publisher among them) imports this module.
 
 
-async def http_devices(port: int) -> None:
-    failing: set[int] = set()
-    counts = {"ok": 0, "fail": 0}
+def http_device_url(base: str, n: int) -> str:
+    from tocsin.demo.site import DEVICE_PATH
 
-    async def health(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        if n in failing:
-            counts["fail"] += 1
-            response = web.Response(status=503, body=FAIL_BODY, content_type="application/json")
-        else:
-            counts["ok"] += 1
-            response = web.Response(body=OK_BODY, content_type="application/json")
-        if request.query_string:
-            response.force_close()
-        return response
+    return base + DEVICE_PATH.format(id=http_id(n))
+
+
+async def http_devices(port: int, count: int) -> None:
+    from tocsin.demo.site import SimDevice, SimulatedSite
 
     async def fail(request: web.Request) -> web.Response:
-        ids = (await request.json())["ids"]
-        failing.update(int(i) for i in ids)
-        return web.json_response({"at": time.time(), "failing": len(failing)})
+        ids = [http_id(int(n)) for n in (await request.json())["ids"]]
+        site.fail(ids)  # mode "error": 503
+        failing = sum(mode != "ok" for mode in site.modes.values())
+        return web.json_response({"at": time.time(), "failing": failing})
+
+    async def connections(request: web.Request) -> web.Response:
+        site.close_connections = bool((await request.json())["close"])
+        return web.json_response({"close": site.close_connections})
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(counts)
+        failing = sum(mode != "ok" for mode in site.modes.values())
+        return web.json_response({"answers": site.requests.total(), "failing": failing})
 
-    app = web.Application()
-    app.router.add_get("/dev/{n}/health", health)
-    app.router.add_post("/control/fail", fail)
-    app.router.add_get("/control/stats", stats)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
-    await asyncio.Event().wait()
+    site = SimulatedSite(
+        [SimDevice(http_id(n), f"HTTP device {n}") for n in range(count)],
+        port=port,
+        extra_routes=[
+            web.post("/control/fail", fail),
+            web.post("/control/connections", connections),
+            web.get("/control/stats", stats),
+        ],
+    )
+    async with site:
+        await asyncio.Event().wait()
 
 
 # -- MQTT heartbeats -------------------------------------------------------------------------
@@ -167,24 +175,6 @@ def flood(broker_port: int, topics: int, count: int, prefix: str, marker: str) -
             sock.shutdown(socket.SHUT_WR)
             sock.recv(1)
     print(json.dumps({"count": count, "send_s": sent, "send_rate": count / max(sent, 1e-9)}))
-
-
-async def wait_http(url: str, deadline: float = 20.0) -> None:
-    until = time.monotonic() + deadline
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.get(url) as response:
-                    await response.read()
-                    return
-            except aiohttp.ClientError:
-                if time.monotonic() > until:
-                    raise
-                await asyncio.sleep(0.05)
-
-
-def main_http(argv: list[str]) -> None:
-    asyncio.run(http_devices(int(argv[0])))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,11 @@ One aiohttp server on loopback (port 0: any free port) serves
   valid, ``401`` once it is revoked (until it is restored);
 - ``GET /`` with every device's mode and the token's state, for a curious human.
 
-The scenario (or a benchmark) drives it with `set_mode`, `revoke_token` and `restore_token`.
+The scenario (or a benchmark) drives it with `set_mode`, `revoke_token` and `restore_token`. A
+harness can serve routes of its own beside these (`extra_routes`, e.g. control endpoints when
+the site runs in another process) and have every health answer close its connection
+(`close_connections`), so that each check opens a new TCP connection as it would to a separate
+host rather than reusing a keep-alive connection to the one loopback server.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -28,6 +32,7 @@ from aiohttp import web
 
 Mode = Literal["ok", "error", "hang", "degraded"]
 MODES: tuple[Mode, ...] = get_args(Mode)
+DEVICE_PATH = "/devices/{id}/health"  # DEVICE_PATH.format(id=...) is a device's path
 CLOUD_PATH = "/cloud/api/v1/me"
 
 
@@ -66,6 +71,10 @@ class SimulatedSite:
 
     `devices` is a number (see `make_devices`) or the devices themselves. Every device starts
     healthy and the cloud token valid.
+
+    `extra_routes` (aiohttp route definitions such as ``web.post(path, handler)``) are served
+    beside the site's own. `close_connections` answers every device health check with
+    ``Connection: close``; it is an attribute that may also be switched while the site runs.
     """
 
     def __init__(
@@ -76,6 +85,8 @@ class SimulatedSite:
         port: int = 0,
         cloud_token: str | None = None,
         hang_seconds: float = 30.0,
+        extra_routes: Iterable[web.AbstractRouteDef] = (),
+        close_connections: bool = False,
     ) -> None:
         listed = make_devices(devices) if isinstance(devices, int) else list(devices)
         self.devices: dict[str, SimDevice] = {d.id: d for d in listed}
@@ -85,6 +96,8 @@ class SimulatedSite:
         self.cloud_token = cloud_token or f"demo-cloud-{secrets.token_urlsafe(18)}"
         self.token_valid = True
         self.requests: Counter[str] = Counter()  # answers given, by device id and "cloud"
+        self.close_connections = close_connections
+        self._extra_routes = tuple(extra_routes)
         self._host = host
         self._port = port
         self._hang_seconds = hang_seconds
@@ -123,7 +136,7 @@ class SimulatedSite:
         return f"http://{host}:{port}"
 
     def device_url(self, device_id: str) -> str:
-        return f"{self.base_url}/devices/{device_id}/health"
+        return self.base_url + DEVICE_PATH.format(id=device_id)
 
     @property
     def cloud_url(self) -> str:
@@ -133,9 +146,10 @@ class SimulatedSite:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/devices/{id}/health", self._health)
+        app.router.add_get(DEVICE_PATH, self._health)
         app.router.add_get(CLOUD_PATH, self._cloud)
         app.router.add_get("/", self._overview)
+        app.add_routes(self._extra_routes)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
@@ -154,10 +168,15 @@ class SimulatedSite:
         await self.close()
 
     async def _health(self, request: web.Request) -> web.Response:
-        device_id = request.match_info["id"]
+        response = await self._health_answer(request.match_info["id"])
+        if self.close_connections:
+            response.force_close()
+        return response
+
+    async def _health_answer(self, device_id: str) -> web.Response:
         mode = self.modes.get(device_id)
         if mode is None:
-            raise web.HTTPNotFound(text=f"no device {device_id}\n")
+            return web.Response(status=404, text=f"no device {device_id}\n")
         self.requests[device_id] += 1
         if mode == "hang":
             with contextlib.suppress(TimeoutError):
