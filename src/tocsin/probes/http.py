@@ -114,7 +114,11 @@ async def fetch(
             ) as response,
         ):
             not_after = peer_not_after(response)
-            body = await read_capped(response.content, MAX_BODY_BYTES)
+            length = response.content_length
+            if length is not None and length <= MAX_BODY_BYTES:
+                body = await response.read()  # one call for the common, small, sized answer
+            else:
+                body = await read_capped(response.content, MAX_BODY_BYTES)
     except TimeoutError:
         return FetchFailure("timeout", f"timeout after {duration_text(time_limit)}")
     except (aiohttp.ClientError, OSError, ValueError) as exc:

@@ -54,6 +54,8 @@ class PeerCertResponse(aiohttp.ClientResponse):
     peer_der: bytes | None = None
 
     async def start(self, connection: aiohttp.connector.Connection) -> aiohttp.ClientResponse:
+        if self.url.scheme != "https":  # no certificate to take: the common case on a site
+            return await super().start(connection)
         transport = connection.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
