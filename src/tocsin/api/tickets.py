@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
-
 from aiohttp import web
 from multidict import MultiMapping
 
 from tocsin.api.auth import actor_for, authenticate, require
 from tocsin.api.context import API_CONTEXT, ApiContext
 from tocsin.api.errors import ApiError, Handler, read_json_object
+from tocsin.api.query import enum_value, enum_values, limit, refuse_unknown, whole_number
 from tocsin.api.schemas import CommentIn, EditIn, OpenTicketIn, TransitionIn
 from tocsin.config import ApiToken
 from tocsin.tickets.model import Actor, ActorType, Kind, Source, State, Subject, SubjectType
@@ -21,7 +20,6 @@ LIST_PARAMS = frozenset(
     {"state", "source", "kind", "subject_type", "subject_id", "q", "limit", "cursor"}
 )
 MAX_LIMIT = 200
-E = TypeVar("E", Source, SubjectType)
 
 
 def _context(request: web.Request) -> ApiContext:
@@ -38,7 +36,7 @@ def _caller(request: web.Request, needs: frozenset[str]) -> tuple[ApiContext, Ap
 
 def _seq(request: web.Request) -> int:
     raw = request.match_info["seq"]
-    if not raw.isdigit() or len(raw) > 12:
+    if not whole_number(raw):
         raise ApiError(
             400, "invalid_seq", f"a ticket number is a positive integer, not {raw!r}", "seq"
         )
@@ -65,48 +63,17 @@ async def list_tickets(request: web.Request) -> web.Response:
 
 
 def parse_list_query(query: MultiMapping[str]) -> tuple[TicketFilter, int, str | None]:
-    for name in query:
-        if name not in LIST_PARAMS:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}", name)
-    states: list[State] = []
-    for value in query.getall("state", []):
-        for part in value.split(","):
-            try:
-                states.append(State(part.strip()))
-            except ValueError:
-                allowed = ", ".join(s.value for s in State)
-                raise ApiError(
-                    422, "invalid_value", f"state: {part!r} is not one of {allowed}", "state"
-                ) from None
-    source = _one_of(query, "source", Source)
-    subject_type = _one_of(query, "subject_type", SubjectType)
-    raw_limit = query.get("limit", "50")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise ApiError(
-            422, "invalid_value", f"limit: a whole number from 1 to {MAX_LIMIT}", "limit"
-        )
+    refuse_unknown(query, LIST_PARAMS)
+    subject_type = enum_value(query, "subject_type", SubjectType)
     filters = TicketFilter(
-        states=tuple(dict.fromkeys(states)),
-        source=source,
+        states=tuple(enum_values(query, "state", State)),
+        source=enum_value(query, "source", Source),
         kind=query.get("kind") or None,
         subject_type=subject_type.value if subject_type else None,
         subject_id=query.get("subject_id") or None,
         q=query.get("q") or None,
     )
-    return filters, int(raw_limit), query.get("cursor") or None
-
-
-def _one_of(query: MultiMapping[str], name: str, kind: type[E]) -> E | None:
-    value = query.get(name)
-    if not value:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(member.value for member in kind)
-        raise ApiError(
-            422, "invalid_value", f"{name}: {value!r} is not one of {allowed}", name
-        ) from None
+    return filters, limit(query, MAX_LIMIT), query.get("cursor") or None
 
 
 async def get_ticket(request: web.Request) -> web.Response:

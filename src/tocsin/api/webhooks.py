@@ -17,6 +17,7 @@ from tocsin import cursors
 from tocsin.api.auth import authenticate, require
 from tocsin.api.context import API_CONTEXT, ApiContext
 from tocsin.api.errors import ApiError
+from tocsin.api.query import enum_values, limit, refuse_unknown, whole_number
 from tocsin.delivery import ops
 from tocsin.delivery.outbox import Status
 from tocsin.tickets.store import utcnow
@@ -76,30 +77,15 @@ def decode_cursor(cursor: str) -> int:
 async def list_deliveries(request: web.Request) -> web.Response:
     context, org = _caller(request)
     query = request.query
-    for name in query:
-        if name not in LIST_PARAMS:
-            raise ApiError(400, "unknown_parameter", f"unknown query parameter {name!r}", name)
-    statuses: list[str] = []
-    for value in query.getall("status", []):
-        for part in value.split(","):
-            if part.strip() not in {s.value for s in Status}:
-                allowed = ", ".join(s.value for s in Status)
-                raise ApiError(
-                    422, "invalid_value", f"status: {part!r} is not one of {allowed}", "status"
-                )
-            statuses.append(part.strip())
-    raw_limit = query.get("limit", "50")
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        raise ApiError(
-            422, "invalid_value", f"limit: a whole number from 1 to {MAX_LIMIT}", "limit"
-        )
+    refuse_unknown(query, LIST_PARAMS)
+    statuses = [status.value for status in enum_values(query, "status", Status)]
     cursor = query.get("cursor")
     rows, more = await ops.list_deliveries(
         context.store.database.read,
         org=org,
         endpoint=query.get("endpoint") or None,
         statuses=statuses,
-        limit=int(raw_limit),
+        limit=limit(query, MAX_LIMIT),
         before=decode_cursor(cursor) if cursor else None,
     )
     return web.json_response(
@@ -113,7 +99,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     context, org = _caller(request)
     raw = request.match_info["delivery_id"]
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    if not whole_number(raw):
         raise ApiError(
             400,
             "invalid_delivery_id",
