@@ -576,10 +576,6 @@ def _resolve_webhooks(
     return keys, problems
 
 
-def _relative_to(path: Path, base_dir: Path | None) -> Path:
-    return path if path.is_absolute() or base_dir is None else base_dir / path
-
-
 def _store_url(config: Config, base_dir: Path | None, env: Mapping[str, str]) -> str:
     url = config.store.url
     if url is None:

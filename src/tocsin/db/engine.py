@@ -37,10 +37,6 @@ class Database:
     read: AsyncEngine
     write: Engine
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.write.dialect.name == "sqlite"
-
     async def dispose(self) -> None:
         await self.read.dispose()
         self.write.dispose()
