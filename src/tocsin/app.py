@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -25,6 +25,7 @@ from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
+from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.service import MonitorService
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
@@ -33,6 +34,7 @@ log = structlog.get_logger("tocsin")
 
 ReadyCallback = Callable[[list[tuple[str, int]]], None]
 STATUS_EVERY = 10.0  # seconds between STATUS= summaries to systemd
+FILE_CHECK_EVERY = 5.0  # seconds between checks that the SQLite file is still there
 
 
 class Daemon:
@@ -41,7 +43,11 @@ class Daemon:
         self.db = open_database(settings.store_url)
         self.store = TicketStore(self.db)
         self.metrics = Metrics()
-        self.monitor = MonitorService(settings, self.store, metrics=self.metrics)
+        self.loop_watch = LoopWatch(on_lag=self.metrics.loop_lag.observe)
+        self.monitor = MonitorService(
+            settings, self.store, metrics=self.metrics, loop_watch=self.loop_watch
+        )
+        self.store.health.on_change = self._store_health_changed
         self.app = make_app(
             settings,
             self.store,
@@ -79,10 +85,13 @@ class Daemon:
                     name="tocsin-watchdog",
                 )
                 counter = group.create_task(self._count_pending_webhooks(), name="status")
-                lag = group.create_task(self.metrics.watch_loop_lag(), name="loop-lag")
+                lag = group.create_task(self.loop_watch.run(), name="loop-lag")
                 pruner = group.create_task(self._prune_periodically(), name="retention")
+                files = group.create_task(self._check_store_file(), name="store-file")
                 if reloads is not None:
                     reloader = group.create_task(self._reloads(reloads, group), name="reload")
+                # Ready means watching: the API is up and every probe has started.
+                await _first(self.monitor.watching.wait(), stop.wait())
                 log.info(
                     "tocsin ready",
                     listen=[f"{h}:{p}" for h, p in addresses],
@@ -96,6 +105,7 @@ class Daemon:
                 counter.cancel()
                 lag.cancel()
                 pruner.cancel()
+                files.cancel()
                 if reloads is not None:
                     reloader.cancel()
                 await self._stop_webhooks()
@@ -112,11 +122,27 @@ class Daemon:
             subjects = self.monitor.monitor.subjects().values()
             return [(s.state.health.value, s.state.flapping) for s in subjects]
 
-        return await self.metrics.render(self.db.read, health)
+        failures = {fault.value: n for fault, n in self.store.health.failures.items()}
+        return await self.metrics.render(self.db.read, health, failures)
 
-    def readiness(self) -> dict[str, bool]:
-        """Besides the store: every MQTT broker connected."""
-        return {f"mqtt:{n}": up for n, up in self.monitor.brokers_connected().items()}
+    def readiness(self) -> dict[str, str]:
+        """Besides the store reading: its writes, the monitor watching, every MQTT broker
+        connected. Each check is "ok" or what is wrong."""
+        checks = {"monitor": "ok" if self.monitor.watching.is_set() else "starting"}
+        cause = self.store.health.cause
+        if cause is not None:
+            checks["store"] = cause
+        for name, up in self.monitor.brokers_connected().items():
+            checks[f"mqtt:{name}"] = "ok" if up else "disconnected"
+        return checks
+
+    def _store_health_changed(self) -> None:
+        sdnotify.notify(f"STATUS={self.status()}")
+
+    async def _check_store_file(self) -> None:
+        while True:
+            await asyncio.sleep(FILE_CHECK_EVERY)
+            self.store.health.check_file()
 
     async def prune(self) -> retention.Pruned:
         """Apply [retention] once: batch after batch until nothing old is left."""
@@ -151,7 +177,9 @@ class Daemon:
         """One line for systemd's STATUS=: subjects, how many down, webhooks in flight."""
         subjects = self.monitor.monitor.subjects().values()
         down = sum(1 for s in subjects if s.state.health is SubjectHealth.DOWN)
-        return sdnotify.status_line(len(subjects), down, self._webhooks_pending)
+        line = sdnotify.status_line(len(subjects), down, self._webhooks_pending)
+        cause = self.store.health.cause
+        return line if cause is None else f"store unavailable: {cause}; {line}"
 
     async def _count_pending_webhooks(self) -> None:
         while True:
@@ -198,6 +226,16 @@ class Daemon:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return when the first of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _keep_what_needs_a_restart(old: Settings, new: Settings) -> Settings:

@@ -4,15 +4,17 @@ scrape time, so the numbers are never stale and cost nothing between scrapes."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tocsin.db import schema
+from tocsin.db.health import Fault
 from tocsin.probes.base import PullProbe
 from tocsin.probes.observation import Health, Observation
 
@@ -65,6 +67,16 @@ class Metrics:
             registry=r,
         )
 
+        self.store_failures = Counter(
+            "tocsin_store_failures",
+            "Writes the store refused, by fault (disk_full, locked, missing, read_only, ...).",
+            ["fault"],
+            registry=r,
+        )
+        self._store_failures_seen: dict[str, int] = {}
+        for fault in Fault:  # every series from the start, at 0: rate() needs a first sample
+            self.store_failures.labels(fault.value)
+
     def observed(
         self, probe_type: str, observation: Observation, seconds: float | None = None
     ) -> None:
@@ -78,8 +90,15 @@ class Metrics:
         self,
         engine: AsyncEngine,
         health: Callable[[], Iterable[tuple[str, bool]]],
+        store_failures: Mapping[str, int] | None = None,
     ) -> bytes:
-        """Refresh what is read at scrape time, then the text exposition format."""
+        """Refresh what is read at scrape time, then the text exposition format. The store's
+        figures are left as they were when it cannot be read (its fault is counted)."""
+        for fault, count in (store_failures or {}).items():
+            seen = self._store_failures_seen.get(fault, 0)
+            if count > seen:
+                self.store_failures.labels(fault).inc(count - seen)
+                self._store_failures_seen[fault] = count
         self.subjects.clear()
         flapping = 0
         counts: dict[str, int] = {}
@@ -89,7 +108,8 @@ class Metrics:
         for state in ("unknown", "up", "failing", "down", "recovering"):
             self.subjects.labels(state).set(counts.get(state, 0))
         self.flapping.set(flapping)
-        await self._read_store(engine)
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await self._read_store(engine)
         return generate_latest(self.registry)
 
     async def _read_store(self, engine: AsyncEngine) -> None:
@@ -123,15 +143,6 @@ class Metrics:
         for endpoint, status, count in deliveries:
             self.deliveries.labels(endpoint, status).set(count)
         self.outbox_backlog.set(max(0, int(newest) - int(fanned)))
-
-    async def watch_loop_lag(self, every: float = 0.5) -> None:
-        """Sleep `every` seconds, again and again; how much later than asked is the lag."""
-        loop = asyncio.get_running_loop()
-        while True:
-            asked = loop.time()
-            await asyncio.sleep(every)
-            self.loop_lag.observe(max(0.0, loop.time() - asked - every))
-
 
 class Timed:
     """A pull probe that reports each check's result and duration to the metrics."""

@@ -211,6 +211,7 @@ async def test_metrics_and_readiness_describe_the_running_daemon(
             session.get(daemon.base + "/readyz") as response,
         ):
             assert response.status == 200
-            assert (await response.json())["checks"] == {"store": "ok"}
+            assert (await response.json())["checks"] == {"store": "ok", "monitor": "ok"}
+        assert samples[("tocsin_store_failures_total", (("fault", "disk_full"),))] == 0.0
     finally:
         assert daemon.stop() == 0

@@ -23,7 +23,7 @@ def make_app(
     ping: Handler | None = None,
     subjects: Callable[[str], list[StateRow]] | None = None,
     metrics: Callable[[], Awaitable[bytes]] | None = None,
-    readiness: Callable[[], dict[str, bool]] | None = None,
+    readiness: Callable[[], dict[str, str]] | None = None,
 ) -> web.Application:
     """The API; the running monitor lends `ping` (serving /ping/{key}, push heartbeats) and
     `subjects` (its live view of an org's subjects)."""

@@ -25,9 +25,9 @@ class ApiContext:
     ping: Handler | None = None  # push heartbeats: the monitor's handler, when it has push subjects
     # The monitor's live view of an org's subjects; without a monitor, the last saved state.
     subjects: Callable[[str], list[StateRow]] | None = None
-    # /metrics text, and what /readyz checks besides the store (e.g. MQTT brokers connected).
+    # /metrics text, and what /readyz checks besides the store: name -> "ok" or what is wrong.
     metrics: Callable[[], Awaitable[bytes]] | None = None
-    readiness: Callable[[], dict[str, bool]] | None = None
+    readiness: Callable[[], dict[str, str]] | None = None
 
     @classmethod
     def build(

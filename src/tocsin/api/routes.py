@@ -51,9 +51,11 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = "ok"
     except Exception as exc:  # any failure to reach the store means not ready
         checks["store"] = f"unreachable: {type(exc).__name__}"
+    cause = context.store.health.cause  # writes failing says more than a read that works
+    if cause is not None:
+        checks["store"] = cause
     if context.readiness is not None:
-        for name, ok in context.readiness().items():
-            checks[name] = "ok" if ok else "disconnected"
+        checks.update(context.readiness())
     ready = all(value == "ok" for value in checks.values())
     return web.json_response(
         {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503

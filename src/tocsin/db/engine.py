@@ -36,6 +36,7 @@ class Database:
 
     read: AsyncEngine
     write: Engine
+    sqlite_path: str | None = None  # the SQLite file, for naming it in a fault; None: PostgreSQL
 
     async def dispose(self) -> None:
         await self.read.dispose()
@@ -62,7 +63,8 @@ def open_database(url: str) -> Database:
     if backend == "sqlite":
         _tune_sqlite(write, begin="BEGIN IMMEDIATE")
         _tune_sqlite(read.sync_engine, begin="BEGIN")
-    return Database(read=read, write=write)
+    path = str(Path(parsed.database).resolve()) if backend == "sqlite" and parsed.database else None
+    return Database(read=read, write=write, sqlite_path=path)
 
 
 def _prepare_sqlite_file(url: URL) -> None:

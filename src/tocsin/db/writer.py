@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from tocsin.db.health import StoreFault, StoreHealth, classify
 
 T = TypeVar("T")
 WriteOp = Callable[[Connection], T]
@@ -29,13 +31,31 @@ class StoreClosed(RuntimeError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The database refused the commit (disk full, I/O error, lost connection)."""
+    """The database refused the commit (disk full, locked, I/O error, lost connection).
+
+    The message is the operator's sentence for the cause (see tocsin.db.health); `fault` says
+    which, so a caller can decide to keep the write and retry it.
+    """
+
+    def __init__(self, fault: StoreFault) -> None:
+        super().__init__(fault.cause)
+        self.fault = fault
+
+
+def _environmental(exc: BaseException) -> bool:
+    """An error of the database's surroundings (disk, lock, file, connection), not of the op."""
+    if isinstance(exc, OperationalError | OSError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class GroupWriter:
-    def __init__(self, engine: Engine, *, max_batch: int = 256) -> None:
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 256, health: StoreHealth | None = None
+    ) -> None:
         self._engine = engine
         self._max_batch = max_batch
+        self.health = health or StoreHealth(None)
         self._queue: asyncio.Queue[tuple[WriteOp[Any], asyncio.Future[Any]]] = asyncio.Queue()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tocsin-writer")
         self._task: asyncio.Task[None] | None = None
@@ -72,15 +92,23 @@ class GroupWriter:
                 batch.append(self._queue.get_nowait())
             # A caller that gave up before its turn is dropped: its operation never runs.
             live = [(op, future) for op, future in batch if not future.cancelled()]
+            started = loop.time()
             try:
                 outcomes = await loop.run_in_executor(
                     self._thread, self._commit, [op for op, _ in live]
                 )
+                failures = [v for ok, v in outcomes if not ok and isinstance(v, StoreUnavailable)]
+                if failures:
+                    self.health.failed(failures[0].fault, count=len(failures))
+                elif live:
+                    self.health.succeeded()
                 for (_, future), (ok, value) in zip(live, outcomes, strict=True):
                     if not future.done():
                         (future.set_result if ok else future.set_exception)(value)
             except (SQLAlchemyError, OSError) as exc:
-                failure = StoreUnavailable(f"the database did not commit: {type(exc).__name__}")
+                fault = classify(exc, self.health.path, waited=loop.time() - started)
+                self.health.failed(fault, count=len(live))
+                failure = StoreUnavailable(fault)
                 for _, future in live:
                     if not future.done():
                         future.set_exception(failure)
@@ -99,6 +127,8 @@ class GroupWriter:
                     outcomes.append((True, op(conn)))
                 except Exception as exc:  # the op's own failure: undo it alone
                     conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tocsin_op")
+                    if _environmental(exc):  # e.g. the disk filled during its INSERT
+                        exc = StoreUnavailable(classify(exc, self.health.path))
                     outcomes.append((False, exc))
                 conn.exec_driver_sql("RELEASE SAVEPOINT tocsin_op")
         return outcomes

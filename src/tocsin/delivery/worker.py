@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from tocsin.db.health import classify
 from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.delivery import health, ops, outbox, record
 from tocsin.delivery.endpoints import DeliverySettings, Endpoint
@@ -107,15 +108,24 @@ class DeliveryWorker:
         stopper = asyncio.create_task(stop.wait(), name="tocsin-webhooks-stop")
         stopper.add_done_callback(lambda _: self._wake.set())
         log.info("webhook delivery started", endpoints=sorted(self._endpoints))
+        cannot_reach = ""
         try:
             while not stop.is_set():
                 self._wake.clear()
                 try:
                     await self._cycle()
+                    if cannot_reach:
+                        log.info("webhook delivery reaches the store again")
+                        cannot_reach = ""
                 except StoreClosed:
                     break
                 except (StoreUnavailable, SQLAlchemyError, OSError) as exc:
-                    log.warning("webhook delivery cannot reach the store", error=repr(exc))
+                    cause = str(exc) if isinstance(exc, StoreUnavailable) else classify(
+                        exc, self._store.database.sqlite_path
+                    ).cause
+                    if cause != cannot_reach:  # once per cause, not every poll
+                        log.warning("webhook delivery cannot reach the store", cause=cause)
+                        cannot_reach = cause
                 except Exception:  # a bug must not stop delivery for good, nor the daemon
                     log.exception("webhook delivery cycle failed")
                 with contextlib.suppress(TimeoutError):

@@ -16,6 +16,7 @@ from sqlalchemy import and_, func, or_, select
 from tocsin import cursors
 from tocsin.db import schema
 from tocsin.db.engine import Database
+from tocsin.db.health import StoreHealth
 from tocsin.db.writer import GroupWriter
 from tocsin.tickets import writes
 from tocsin.tickets.errors import InvalidTicket, TicketNotFound
@@ -63,7 +64,8 @@ class TicketStore:
     def __init__(self, db: Database, *, clock: Clock = utcnow, max_batch: int = 256) -> None:
         self._db = db
         self._clock = clock
-        self._writer = GroupWriter(db.write, max_batch=max_batch)
+        self.health = StoreHealth(db.sqlite_path)
+        self._writer = GroupWriter(db.write, max_batch=max_batch, health=self.health)
 
     @property
     def database(self) -> Database:
@@ -83,35 +85,68 @@ class TicketStore:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def open(self, request: OpenRequest) -> Change:
-        """Open a ticket; or, by the product's rules, answer with the one that already exists."""
+    async def open(self, request: OpenRequest, *, at: datetime | None = None) -> Change:
+        """Open a ticket; or, by the product's rules, answer with the one that already exists.
+
+        `at` stamps the change with an earlier moment than now: a decision the health monitor
+        took while the store could not take it says when it was decided (so with the others).
+        """
         validate_open(request)
-        return await self._writer.run(lambda conn: writes.open_ticket(conn, request, self._clock()))
+        return await self._writer.run(
+            lambda conn: writes.open_ticket(conn, request, at or self._clock())
+        )
 
     async def start_work(
         self, org: str, seq: int, actor: Actor, comment: str | None = None
     ) -> Change:
         return await self.transition(org, seq, Action.START, actor, comment)
 
-    async def resolve(self, org: str, seq: int, actor: Actor, comment: str | None = None) -> Change:
-        return await self.transition(org, seq, Action.RESOLVE, actor, comment)
+    async def resolve(
+        self,
+        org: str,
+        seq: int,
+        actor: Actor,
+        comment: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Change:
+        return await self.transition(org, seq, Action.RESOLVE, actor, comment, at=at)
 
-    async def reopen(self, org: str, seq: int, actor: Actor, comment: str | None = None) -> Change:
-        return await self.transition(org, seq, Action.REOPEN, actor, comment)
+    async def reopen(
+        self,
+        org: str,
+        seq: int,
+        actor: Actor,
+        comment: str | None = None,
+        *,
+        at: datetime | None = None,
+    ) -> Change:
+        return await self.transition(org, seq, Action.REOPEN, actor, comment, at=at)
 
     async def transition(
-        self, org: str, seq: int, action: Action, actor: Actor, comment: str | None = None
+        self,
+        org: str,
+        seq: int,
+        action: Action,
+        actor: Actor,
+        comment: str | None = None,
+        *,
+        at: datetime | None = None,
     ) -> Change:
         if comment is not None:
             check_text("comment", comment)
         return await self._writer.run(
-            lambda conn: writes.transition(conn, org, seq, action, actor, comment, self._clock())
+            lambda conn: writes.transition(
+                conn, org, seq, action, actor, comment, at or self._clock()
+            )
         )
 
-    async def comment(self, org: str, seq: int, actor: Actor, body: str) -> Change:
+    async def comment(
+        self, org: str, seq: int, actor: Actor, body: str, *, at: datetime | None = None
+    ) -> Change:
         check_text("body", body)
         return await self._writer.run(
-            lambda conn: writes.comment(conn, org, seq, actor, body, self._clock())
+            lambda conn: writes.comment(conn, org, seq, actor, body, at or self._clock())
         )
 
     async def edit_description(self, org: str, seq: int, actor: Actor, description: str) -> Change:
