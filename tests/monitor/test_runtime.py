@@ -278,7 +278,8 @@ async def test_a_failure_counts_from_when_the_probe_began_looking(
     clocks.advance(2)  # the probe's timeout ran out two seconds after it sent its request
     await monitor.handle_observation(CAM, down("no answer within 2 s", "timeout"), at=began)
     clocks.advance(118)  # 120 s after the request: the 2 min debounce is over
-    await monitor.expire_windows()
+    monitor.expire_windows()
+    await monitor.applier.drain()
     assert await monitor_tickets(tickets) == [1]
 
 

@@ -177,3 +177,67 @@ async def test_a_cron_job_is_due_at_the_next_fire_time() -> None:
     scheduler.add(key(1), Probe(), timeout=1, cron="*/15 * * * *")
     # next quarter hour is 10:15:00, 7.5 minutes away
     assert scheduler.next_due()[key(1)] == pytest.approx(500.0 + 450.0)
+
+
+class Failing:
+    """A probe whose device is down: it answers unhealthy at once."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    async def check(self) -> Observation:
+        self.starts.append(time.monotonic())
+        return Observation(Health.UNHEALTHY, "HTTP 503", error_class="http_status")
+
+
+async def test_a_failing_subject_is_checked_at_its_retry_interval_until_it_is_not() -> None:
+    results = Results()
+    scheduler = PullScheduler(results, rng=random.Random(1))
+    probe = Failing()
+    scheduler.add(key(1), probe, timeout=1, interval=30.0)
+    scheduler._push(scheduler._jobs[key(1)], time.monotonic())  # due now, not in 0-30 s
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        await results.wait_for(lambda: len(probe.starts) >= 1)
+        scheduler.retry(key(1), 0.1)  # what the monitor says once the subject is failing
+        await results.wait_for(lambda: len(probe.starts) >= 4)
+        gaps = [b - a for a, b in zip(probe.starts, probe.starts[1:], strict=False)]
+        assert all(0.09 <= gap < 1.0 for gap in gaps), gaps
+        scheduler.retry(key(1), None)  # up again (or ticketed): back to the interval
+        await asyncio.sleep(0.5)
+        assert len(probe.starts) <= 6
+        assert scheduler.next_due()[key(1)] > time.monotonic() + 25
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def test_a_failed_check_while_the_loop_ran_late_is_not_counted_twice_in_a_row() -> None:
+    results = Results()
+    lost = {"seconds": 3.0}  # the loop ran 3 s late during every check
+    scheduler = PullScheduler(results, lag=lambda since: lost["seconds"])
+    probe = Failing()
+    scheduler.add(key(1), probe, timeout=2.5, interval=0.05)
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        await results.wait_for(lambda: len(results.by_key[key(1)]) >= 1)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert scheduler.busy_checks == 2  # two spoiled looks, then the third counts anyway
+    assert len(probe.starts) == 3
+
+
+async def test_a_failed_check_on_a_quiet_loop_counts_at_once() -> None:
+    results = Results()
+    scheduler = PullScheduler(results, lag=lambda since: 0.05)
+    probe = Failing()
+    scheduler.add(key(1), probe, timeout=2.5, interval=0.05)
+    runner = asyncio.create_task(scheduler.run())
+    try:
+        await results.wait_for(lambda: len(results.by_key[key(1)]) >= 1)
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    assert scheduler.busy_checks == 0
+    assert len(probe.starts) == 1

@@ -1,32 +1,37 @@
 """The health monitor at run time: observations in, tracker steps, ticket changes out.
 
-One loop owns every subject's tracker state, so a subject's events are handled in order and a
-decision is applied to the store before the subject's next event. Probes only enqueue
-observations; a tick a second lets windows expire, picks up people's actions on monitor
-tickets (from the trigger outbox, so the CLI's changes count too) and saves changed state.
+One event loop owns every subject's tracker state. An observation is handled the moment a probe
+reports it, synchronously: a tracker step, and the ticket decisions handed to the
+`DecisionApplier`, which writes them in batches and reports back (an open's seq). So no
+subject's store write holds up another subject's observation, and a storm of opens is a few
+transactions. Around that, tasks of their own: windows expire every 0.2 s; people's actions on
+monitor tickets are read from the trigger outbox (so the CLI's changes count too) and changed
+state is saved, every second. None of them stops for a store fault: what could not be written
+is kept and written when the store takes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from tocsin.db import schema
+from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.monitor import states
+from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
 from tocsin.probes.observation import Observation, SubjectKey
-from tocsin.tickets.errors import IllegalTransition, TicketError
-from tocsin.tickets.model import Actor, ActorType, Source, State, Subject, SubjectType
+from tocsin.tickets.model import ActorType, Source, State
 from tocsin.tickets.store import TicketStore
-from tocsin.tickets.writes import OpenRequest
 from tocsin.tracker import (
     Comment,
     Event,
@@ -55,8 +60,12 @@ from tocsin.tracker.state import SubjectHealth
 log = structlog.get_logger("tocsin.monitor")
 
 SAVE_EVERY_SECONDS = 2.0
+SAVE_BATCH = 2_000  # state rows per write: a storm's saves spread over a few seconds
 _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
+_IN_CHUNKS = 500  # values per SQL IN list
+
+HealthHook = Callable[[SubjectKey, SubjectHealth], None]
 
 
 @dataclass
@@ -86,9 +95,10 @@ class HealthMonitor:
         self.default_windows = default_windows or Windows()
         self._subjects: dict[SubjectKey, Tracked] = {}
         self._pending: set[SubjectKey] = set()  # subjects with a window running, or flapping
-        self._queue: asyncio.Queue[tuple[SubjectKey, Observation, float | None]] = asyncio.Queue()
+        self.applier = DecisionApplier(store, self._applied)
+        self.on_health: HealthHook | None = None  # told when a subject's health changes
         self._trigger_cursor = 0
-        self._last_save = 0.0
+        self._last_save = float("-inf")
 
     # -- the subjects ------------------------------------------------------------------------
 
@@ -118,16 +128,22 @@ class HealthMonitor:
     async def remove(self, key: SubjectKey) -> None:
         self._pending.discard(key)
         if self._subjects.pop(key, None) is not None:
-            await self._store.writer.run(lambda conn: states.forget(conn, [key]))
+            await self._forget([key])
+
+    async def _forget(self, keys: list[SubjectKey]) -> None:
+        try:
+            await self._store.writer.run(lambda conn: states.forget(conn, keys))
+        except (StoreUnavailable, StoreClosed):  # said by the store's health; dropped at start
+            log.info("saved state of removed subjects kept for now", subjects=len(keys))
 
     async def restore(self) -> None:
-        """Load saved tracker state and square it with the store: the store is the truth about
-        tickets. Subjects start unknown; state of subjects no longer configured is dropped."""
+        """Load saved tracker state and square it with the store (the store is the truth about
+        tickets), in a few bulk queries whatever the number of subjects. Subjects start
+        unknown; state of subjects no longer configured is dropped."""
         now = self.now()
-        saved = {row.key: row for row in await states.load(self._store.database.read)}
-        gone = [key for key in saved if key not in self._subjects]
-        if gone:
-            await self._store.writer.run(lambda conn: states.forget(conn, gone))
+        read = self._store.database.read
+        saved = {row.key: row for row in await states.load(read)}
+        unresolved = await _open_monitor_tickets(read)
         for key, tracked in self._subjects.items():
             row = saved.get(key)
             if row is not None:
@@ -140,87 +156,57 @@ class HealthMonitor:
                         subject=str(key),
                         error=str(exc),
                     )
-            await self._reconcile(tracked, now)
+        # Tickets the saved state holds open but the store resolved: when, in one query per org.
+        closed: dict[str, list[int]] = defaultdict(list)
+        for key, tracked in self._subjects.items():
+            mine = tracked.state.ticket
+            if mine is not None and mine.seq is not None and mine.open:  # noqa: SIM102
+                if mine.seq not in unresolved.get(key, {}):
+                    closed[key.org].append(mine.seq)
+        resolved_at = await _resolved_times(read, closed)
+        for key, tracked in self._subjects.items():
+            self._reconcile(tracked, unresolved.get(key, {}), resolved_at, now)
             self._note_pending(tracked)
+        gone = [key for key in saved if key not in self._subjects]
+        if gone:
+            await self._forget(gone)
         self._trigger_cursor = await self._last_trigger_id()
 
-    async def _reconcile(self, tracked: Tracked, now: Now) -> None:
+    def _reconcile(
+        self,
+        tracked: Tracked,
+        unresolved: dict[int, _OpenTicketRow],
+        resolved_at: dict[tuple[str, int], datetime | None],
+        now: Now,
+    ) -> None:
         """Tell the tracker what people did to its ticket while the daemon was down."""
         key = tracked.key
-        unresolved = {
-            t.seq: t
-            for t in await self._store.list_open_for_subject(key.org, key.type, key.id)
-            if t.source is Source.HEALTH_MONITOR
-        }
         mine = tracked.state.ticket
         if mine is not None and mine.seq is not None:
             in_store = unresolved.get(mine.seq)
             if mine.open and in_store is None:
-                try:
-                    ticket, _ = await self._store.get(key.org, mine.seq)
-                except TicketError:
-                    ticket = None
-                when = ticket.resolved_at if ticket is not None else None
-                await self._handle(tracked, TicketResolvedByPerson(mine.seq, when), now)
+                when = resolved_at.get((key.org, mine.seq))
+                self._handle(tracked, TicketResolvedByPerson(mine.seq, when), now)
             elif not mine.open and in_store is not None:
-                await self._handle(tracked, TicketReopenedByPerson(mine.seq), now)
-            if in_store is not None and in_store.state is State.IN_PROGRESS:
+                self._handle(tracked, TicketReopenedByPerson(mine.seq), now)
+            if in_store is not None and in_store.in_progress:
                 ticket_now = tracked.state.ticket
                 if ticket_now is not None and not ticket_now.in_progress:
-                    await self._handle(tracked, TicketStartedByPerson(mine.seq), now)
+                    self._handle(tracked, TicketStartedByPerson(mine.seq), now)
         if unresolved and not tracked.state.ticket_open:
             # No saved state (or it lost the seq in a crash): adopt the store's newest ticket.
             newest = unresolved[max(unresolved)]
             tracked.state = adopt_open_ticket(
-                tracked.state,
-                newest.seq,
-                newest.kind,
-                in_progress=newest.state is State.IN_PROGRESS,
+                tracked.state, newest.seq, newest.kind, in_progress=newest.in_progress
             )
             tracked.dirty = True
 
     # -- input -------------------------------------------------------------------------------
 
     def observe(self, key: SubjectKey, observation: Observation, at: float | None = None) -> None:
-        """The probes' sink: enqueue; the loop handles it in order. `at` is when the probe began
-        looking (monotonic): a failure counts from there, not from when its timeout ran out."""
-        self._queue.put_nowait((key, observation, at))
-
-    def discovered(self, key: SubjectKey, name: str) -> None:
-        """A subject found at run time (MQTT discovery, a broker's own subject)."""
-        if key not in self._subjects:
-            self.configure(key, name, self.default_windows)
-
-    async def run(self, *, windows_every: float = 0.2, housekeeping_every: float = 1.0) -> None:
-        """Handle observations as they come, expire windows every `windows_every` seconds (a
-        debounce ends within that of its time) and do the housekeeping (people's actions,
-        saving) every `housekeeping_every` seconds, until cancelled."""
-        next_windows = self._monotonic() + windows_every
-        next_housekeeping = self._monotonic() + housekeeping_every
-        try:
-            while True:
-                timeout = max(0.0, min(next_windows, next_housekeeping) - self._monotonic())
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation
-                # that arrives as the queue hands over an item, and the daemon would not stop.
-                item = None
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        item = await self._queue.get()
-                if item is not None:
-                    await self.handle_observation(*item)
-                mono = self._monotonic()
-                if mono >= next_windows:
-                    await self.expire_windows()
-                    next_windows = mono + windows_every
-                if mono >= next_housekeeping:
-                    await self.housekeeping()
-                    next_housekeeping = mono + housekeeping_every
-        finally:
-            await asyncio.shield(self.save(force=True))
-
-    async def handle_observation(
-        self, key: SubjectKey, observation: Observation, at: float | None = None
-    ) -> None:
+        """The probes' sink: handled at once (a tracker step; store writes go to the applier).
+        `at` is when the probe began looking (monotonic): a failure counts from there, not from
+        when its timeout ran out."""
         tracked = self._subjects.get(key)
         if tracked is None:
             if key.type == "integration" and key.id.startswith("mqtt-broker:"):
@@ -234,20 +220,59 @@ class HealthMonitor:
             # Back-date to when the probe began, but never before this subject's last event.
             mono = max(at, tracked.last_mono)
             now = Now(mono, now.wall - timedelta(seconds=now.mono - mono))
-        await self._handle(tracked, Observed(observation), now)
+        self._handle(tracked, Observed(observation), now)
+
+    async def handle_observation(
+        self, key: SubjectKey, observation: Observation, at: float | None = None
+    ) -> None:
+        """`observe`, then wait until its ticket changes are written (for tests and tools)."""
+        self.observe(key, observation, at)
+        await self.applier.drain()
+
+    def discovered(self, key: SubjectKey, name: str) -> None:
+        """A subject found at run time (MQTT discovery, a broker's own subject)."""
+        if key not in self._subjects:
+            self.configure(key, name, self.default_windows)
+
+    async def run(self, *, windows_every: float = 0.2, housekeeping_every: float = 1.0) -> None:
+        """Apply decisions, expire windows every `windows_every` seconds (a debounce ends within
+        that of its time) and do the housekeeping (people's actions, saving) every
+        `housekeeping_every` seconds, until cancelled; then save what changed."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.applier.run(), name="tocsin-monitor-applier")
+                group.create_task(
+                    _every(windows_every, self.expire_windows, "window expiry"),
+                    name="tocsin-monitor-windows",
+                )
+                group.create_task(
+                    _every(housekeeping_every, self.housekeeping, "monitor housekeeping"),
+                    name="tocsin-monitor-housekeeping",
+                )
+        finally:
+            await asyncio.shield(self._final_save())
+
+    async def _final_save(self) -> None:
+        try:
+            await self.save(force=True)
+        except (StoreUnavailable, StoreClosed):
+            log.warning("tracker state not saved at stop: the store is unavailable")
 
     async def tick(self) -> None:
-        """Expire windows, pick up people's actions on monitor tickets, save changed state."""
-        await self.expire_windows()
+        """Expire windows, pick up people's actions on monitor tickets, save changed state, and
+        wait for the resulting ticket changes to be written."""
+        self.expire_windows()
+        await self.applier.drain()
         await self.housekeeping()
+        await self.applier.drain()
 
-    async def expire_windows(self) -> None:
-        """Tick the subjects whose windows are running (not all 10,000, five times a second)."""
+    def expire_windows(self) -> None:
+        """Tick the subjects whose windows are running (not all 100,000, five times a second)."""
         now = self.now()
         for key in list(self._pending):
             tracked = self._subjects.get(key)
             if tracked is not None:
-                await self._handle(tracked, Tick(), now)
+                self._handle(tracked, Tick(), now)
 
     def _note_pending(self, tracked: Tracked) -> None:
         if tracked.state.health in _PENDING or tracked.state.flapping:
@@ -261,70 +286,48 @@ class HealthMonitor:
 
     # -- the tracker and the store -------------------------------------------------------------
 
-    async def _handle(self, tracked: Tracked, event: Event, now: Now) -> None:
+    def _handle(self, tracked: Tracked, event: Event, now: Now) -> None:
         tracked.last_mono = max(tracked.last_mono, now.mono)
-        pending: list[Event] = [event]
-        while pending:
-            before = tracked.state
-            tracked.state, decisions = step(tracked.state, pending.pop(0), now, tracked.windows)
-            if tracked.state != before:
-                tracked.dirty = True
-            for decision in decisions:
-                follow_up = await self._apply(tracked, decision)
-                if follow_up is not None:
-                    pending.append(follow_up)
+        before = tracked.state
+        tracked.state, decisions = step(before, event, now, tracked.windows)
+        if tracked.state is not before:
+            tracked.dirty = True
+            if tracked.state.health is not before.health and self.on_health is not None:
+                self.on_health(tracked.key, tracked.state.health)
+        for decision in decisions:
+            if isinstance(decision, Note):
+                log.info(decision.text, reason=decision.reason.value, **_context(tracked.key))
+            else:
+                self.applier.submit(Pending(tracked.key, tracked.name, decision, self._wall()))
         self._note_pending(tracked)
 
-    async def _apply(self, tracked: Tracked, decision: object) -> Event | None:
-        key = tracked.key
-        context = {"org": key.org, "subject": f"{key.type}:{key.id}"}
-        actor = Actor.health_monitor()
-        try:
-            if isinstance(decision, OpenTicket):
-                change = await self._store.open(
-                    OpenRequest(
-                        org=key.org,
-                        source=Source.HEALTH_MONITOR,
-                        subject=Subject(_subject_type(key), key.id, tracked.name),
-                        kind=decision.kind,
-                        description=decision.description,
-                        actor=actor,
-                    )
-                )
-                log.warning(
-                    "subject down: ticket opened",
-                    seq=change.ticket.seq,
-                    kind=decision.kind,
-                    reason=decision.reason.value,
-                    **context,
-                )
-                return TicketOpened(change.ticket.seq)
-            if isinstance(decision, ReopenTicket):
-                await self._store.reopen(key.org, decision.seq, actor, decision.comment)
-                log.warning(
-                    "subject down again: ticket reopened",
-                    seq=decision.seq,
-                    reason=decision.reason.value,
-                    **context,
-                )
-            elif isinstance(decision, ResolveTicket):
-                await self._store.resolve(key.org, decision.seq, actor, decision.comment)
-                log.info(
-                    "subject recovered: ticket resolved",
-                    seq=decision.seq,
-                    reason=decision.reason.value,
-                    **context,
-                )
-            elif isinstance(decision, Comment):
-                await self._store.comment(key.org, decision.seq, actor, decision.body)
-                level = log.warning if decision.reason in _LOUD else log.info
-                level("ticket comment", seq=decision.seq, reason=decision.reason.value, **context)
-            elif isinstance(decision, Note):
-                log.info(decision.text, reason=decision.reason.value, **context)
-        except IllegalTransition as exc:
-            # A person got there first (resolved or reopened it meanwhile): theirs stands.
-            log.info("monitor decision overtaken", error=str(exc), **context)
-        return None
+    def _applied(self, pending: Pending, outcome: Outcome, seq: int | None) -> None:
+        """The applier wrote (or could not write) a decision: log it, report an open's seq."""
+        decision, context = pending.decision, _context(pending.key)
+        if outcome is Outcome.OVERTAKEN:
+            log.info("monitor decision overtaken by a person", **context)
+            return
+        if outcome is not Outcome.APPLIED:
+            return
+        reason = decision.reason.value
+        if isinstance(decision, OpenTicket):
+            log.warning(
+                "subject down: ticket opened", seq=seq, kind=decision.kind, reason=reason, **context
+            )
+            tracked = self._subjects.get(pending.key)
+            if tracked is not None and seq is not None:
+                self._handle(tracked, TicketOpened(seq), self.now())
+        elif isinstance(decision, ReopenTicket):
+            log.warning(
+                "subject down again: ticket reopened", seq=decision.seq, reason=reason, **context
+            )
+        elif isinstance(decision, ResolveTicket):
+            log.info(
+                "subject recovered: ticket resolved", seq=decision.seq, reason=reason, **context
+            )
+        elif isinstance(decision, Comment):
+            level = log.warning if decision.reason in _LOUD else log.info
+            level("ticket comment", seq=decision.seq, reason=reason, **context)
 
     async def _poll_people(self) -> None:
         """People's resolves, reopens and starts of monitor tickets, from the outbox."""
@@ -359,7 +362,7 @@ class HealthMonitor:
             if tracked is None:
                 continue
             seq = int(ticket.get("seq", 0))
-            await self._handle(tracked, _PERSON_EVENTS[row.type](seq, ticket), now)
+            self._handle(tracked, _PERSON_EVENTS[row.type](seq, ticket), now)
 
     async def _last_trigger_id(self) -> int:
         triggers = schema.triggers
@@ -370,19 +373,104 @@ class HealthMonitor:
         return int(value or 0)
 
     async def save(self, *, force: bool = False) -> None:
-        """Write the state of subjects that changed (at most every SAVE_EVERY_SECONDS)."""
+        """Write the state of subjects that changed (at most every SAVE_EVERY_SECONDS, at most
+        SAVE_BATCH rows a time unless forced). A save the store refuses is tried again later:
+        the subjects stay marked changed."""
         mono = self._monotonic()
         if not force and mono - self._last_save < SAVE_EVERY_SECONDS:
             return
         self._last_save = mono
         dirty = [t for t in self._subjects.values() if t.dirty]
+        if not force:
+            dirty = dirty[:SAVE_BATCH]
         if not dirty:
             return
         now = self.now()
+        snapshot = [(t, t.state) for t in dirty]
         rows = [_state_row(t, now) for t in dirty]
-        await self._store.writer.run(lambda conn: states.save(conn, rows))
         for tracked in dirty:
             tracked.dirty = False
+        try:
+            await self._store.writer.run(lambda conn: states.save(conn, rows))
+        except BaseException:
+            for tracked, _ in snapshot:
+                tracked.dirty = True
+            raise
+        for tracked, state in snapshot:
+            if tracked.state is not state:  # changed while the save was under way
+                tracked.dirty = True
+
+
+@dataclass(frozen=True)
+class _OpenTicketRow:
+    seq: int
+    kind: str
+    in_progress: bool
+
+
+async def _open_monitor_tickets(
+    engine: Any,
+) -> dict[SubjectKey, dict[int, _OpenTicketRow]]:
+    """Every unresolved health-monitor ticket, by subject, in one query."""
+    T = schema.tickets
+    statement = select(
+        T.c.org, T.c.subject_type, T.c.subject_id, T.c.seq, T.c.kind, T.c.state
+    ).where(T.c.source == Source.HEALTH_MONITOR.value, T.c.state != State.RESOLVED.value)
+    async with engine.connect() as conn:
+        rows = (await conn.execute(statement)).all()
+    found: dict[SubjectKey, dict[int, _OpenTicketRow]] = defaultdict(dict)
+    for row in rows:
+        key = SubjectKey(row.org, row.subject_type, row.subject_id)
+        in_progress = row.state == State.IN_PROGRESS.value
+        found[key][row.seq] = _OpenTicketRow(row.seq, row.kind, in_progress)
+    return found
+
+
+async def _resolved_times(
+    engine: Any, seqs: dict[str, list[int]]
+) -> dict[tuple[str, int], datetime | None]:
+    """When each of these tickets was resolved (a ticket gone from the store: not listed)."""
+    T = schema.tickets
+    found: dict[tuple[str, int], datetime | None] = {}
+    async with engine.connect() as conn:
+        for org, numbers in seqs.items():
+            for chunk in _chunks(numbers, _IN_CHUNKS):
+                statement = select(T.c.seq, T.c.resolved_at).where(
+                    T.c.org == org, T.c.seq.in_(chunk)
+                )
+                for row in (await conn.execute(statement)).all():
+                    found[(org, row.seq)] = row.resolved_at
+    return found
+
+
+def _chunks(values: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+async def _every(seconds: float, work: Callable[[], Any], what: str) -> None:
+    """Run `work` (sync or async) every `seconds` until cancelled; a failure is logged and the
+    next round comes anyway: no store fault or bug in one round stops the monitor."""
+    said = ""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            result = work()
+            if asyncio.iscoroutine(result):
+                await result
+            said = ""
+        except (StoreUnavailable, StoreClosed):
+            pass  # the store's health says so, once; the next round retries
+        except (SQLAlchemyError, OSError) as exc:  # a read the database refused
+            if str(exc) != said:
+                said = str(exc)
+                log.warning(f"{what}: cannot read the store; trying again", error=repr(exc))
+        except Exception:
+            log.exception(f"{what} failed; trying again")
+
+
+def _context(key: SubjectKey) -> dict[str, str]:
+    return {"org": key.org, "subject": f"{key.type}:{key.id}"}
 
 
 def _resolved(seq: int, ticket: dict[str, Any]) -> Event:
@@ -396,13 +484,6 @@ _PERSON_EVENTS: dict[str, Callable[[int, dict[str, Any]], Event]] = {
     "ticket.reopened": lambda seq, _: TicketReopenedByPerson(seq),
     "ticket.started": lambda seq, _: TicketStartedByPerson(seq),
 }
-
-
-def _subject_type(key: SubjectKey) -> SubjectType:
-    try:
-        return SubjectType(key.type)
-    except ValueError:
-        return SubjectType.OTHER
 
 
 def _state_row(tracked: Tracked, now: Now) -> states.StateRow:

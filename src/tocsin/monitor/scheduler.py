@@ -7,6 +7,11 @@
 - Concurrency is bounded overall and per host; every check is bounded by its timeout (plus a
   second of grace), so a hung probe never delays another; a subject whose previous check is
   still running is not started twice.
+- While a subject is failing its checks come sooner (`retry`, like Icinga's retry_interval for
+  a soft state), so the debounce is spanned by several looks, not one.
+- A failed check during which the event loop ran late (a fifth of its timeout or more in all)
+  measured the process, not the device: it is not reported, and the subject is looked at again
+  a second later. Only twice in a row, so a loop that stays overloaded still reports real outages.
 """
 
 from __future__ import annotations
@@ -20,14 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import structlog
 from apscheduler.triggers.cron import CronTrigger
 
 from tocsin.probes.base import PullProbe
 from tocsin.probes.observation import Health, Observation, SubjectKey
 
+log = structlog.get_logger("tocsin.monitor")
+
 # (subject, what the check saw, when the check began on the monotonic clock)
 ResultSink = Callable[[SubjectKey, Observation, float], None]
 GRACE_SECONDS = 1.0
+BUSY_RECHECK = 1.0  # seconds before a check spoiled by a busy loop is repeated
+BUSY_SKIPS = 2  # spoiled checks in a row that are not reported; the next one is
 
 
 @dataclass
@@ -40,6 +50,10 @@ class _Job:
     host: str | None
     generation: int
     running: bool = False
+    retry: float | None = None  # the interval while failing
+    due: float = 0.0  # when the job's live heap entry fires
+    last_start: float | None = None
+    busy_skips: int = 0
 
 
 @dataclass(order=True)
@@ -60,7 +74,9 @@ class PullScheduler:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         rng: random.Random | None = None,
+        lag: Callable[[float], float] = lambda since: 0.0,
     ) -> None:
+        """`lag(since)`: how many seconds the event loop ran late since that monotonic moment."""
         self._sink = sink
         self._limit = asyncio.Semaphore(max_concurrency)
         self._per_host_limit = per_host
@@ -74,6 +90,8 @@ class PullScheduler:
         self._generation = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lag = lag
+        self.busy_checks = 0  # failed checks not reported because the process was busy
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -100,15 +118,21 @@ class PullScheduler:
 
     def next_due(self) -> dict[SubjectKey, float]:
         """When each scheduled subject runs next (monotonic seconds)."""
-        due: dict[SubjectKey, float] = {}
-        for entry in self._heap:
-            job = self._jobs.get(entry.key)
-            if job is not None and job.generation == entry.generation:
-                due[entry.key] = min(entry.at, due.get(entry.key, entry.at))
-        return due
+        return {key: job.due for key, job in self._jobs.items()}
 
     def remove(self, key: SubjectKey) -> None:
         self._jobs.pop(key, None)  # its heap entry is skipped when it comes due
+
+    def retry(self, key: SubjectKey, every: float | None) -> None:
+        """Check `key` every `every` seconds from its last check (None: back to its schedule)."""
+        job = self._jobs.get(key)
+        if job is None or job.retry == every:
+            return
+        job.retry = every
+        if every is not None and job.last_start is not None:
+            sooner = max(self._monotonic(), job.last_start + every)
+            if sooner < job.due:
+                self._push(job, sooner)
 
     async def run(self) -> None:
         try:
@@ -117,8 +141,8 @@ class PullScheduler:
                 while self._heap and self._heap[0].at <= now:
                     due = heapq.heappop(self._heap)
                     job = self._jobs.get(due.key)
-                    if job is None or job.generation != due.generation:
-                        continue
+                    if job is None or job.generation != due.generation or job.due != due.at:
+                        continue  # removed, replaced or rescheduled since
                     self._push(job, self._next(job, due.at, now))
                     if not job.running:
                         job.running = True
@@ -136,11 +160,14 @@ class PullScheduler:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _push(self, job: _Job, at: float) -> None:
+        job.due = at
         self._order += 1
         heapq.heappush(self._heap, _Due(at, self._order, job.key, job.generation))
         self._wake.set()
 
     def _next(self, job: _Job, due: float, now: float) -> float:
+        if job.retry is not None:
+            return max(now, due + job.retry)
         if job.interval is None:
             return now + self._cron_delay(job)
         following = due + job.interval
@@ -158,6 +185,7 @@ class PullScheduler:
         try:
             async with self._limit, self._host_limit(job.host):
                 started = self._monotonic()  # when the check really began, not when it queued
+                job.last_start = started
                 try:
                     async with asyncio.timeout(job.timeout + GRACE_SECONDS):
                         observation = await job.probe.check()
@@ -167,10 +195,35 @@ class PullScheduler:
                         f"no answer within {job.timeout:g} s",
                         error_class="timeout",
                     )
-            if self._jobs.get(job.key) is job:
-                self._sink(job.key, observation, started)
+            if self._jobs.get(job.key) is not job:
+                return
+            if self._spoiled(job, observation, started):
+                self._push(job, min(job.due, self._monotonic() + BUSY_RECHECK))
+                return
+            self._sink(job.key, observation, started)
         finally:
             job.running = False
+
+    def _spoiled(self, job: _Job, observation: Observation, started: float) -> bool:
+        """Did a busy process, not the device, fail this check? (Not more than BUSY_SKIPS in a
+        row: under lasting overload the next result counts, whatever it is.)"""
+        if observation.health is not Health.UNHEALTHY or job.busy_skips >= BUSY_SKIPS:
+            job.busy_skips = 0
+            return False
+        lost = self._lag(started)
+        if lost < max(0.2, 0.2 * job.timeout):
+            job.busy_skips = 0
+            return False
+        job.busy_skips += 1
+        self.busy_checks += 1
+        log.info(
+            "check not counted: the process was busy",
+            subject=str(job.key),
+            loop_late=round(lost, 2),
+            timeout=job.timeout,
+            detail=observation.detail,
+        )
+        return True
 
     def _host_limit(self, host: str | None) -> asyncio.Semaphore | contextlib.nullcontext[None]:
         if host is None:

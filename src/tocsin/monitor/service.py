@@ -26,6 +26,7 @@ from tocsin.monitor.config import (
     interval_for,
     windows_for,
 )
+from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.scheduler import PullScheduler
 from tocsin.probes.base import ProbeContext, PullProbe, Sink
@@ -37,6 +38,7 @@ from tocsin.probes.push import PushRegistry, PushSpec, ping_handler
 from tocsin.probes.snmp import SnmpProbe, SnmpSpec, close_snmp_engine
 from tocsin.secrets import read_secret
 from tocsin.tickets.store import TicketStore
+from tocsin.tracker import SubjectHealth
 
 log = structlog.get_logger("tocsin.monitor")
 
@@ -65,9 +67,12 @@ class MonitorService:
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
+        loop_watch: LoopWatch | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.loop_watch = loop_watch or LoopWatch(monotonic=monotonic)
+        self.watching = asyncio.Event()  # set once every probe has started
         self.context = ProbeContext(
             base_dir=settings.base_dir, environ=settings.environ, monotonic=monotonic, wall=wall
         )
@@ -84,7 +89,10 @@ class MonitorService:
             per_host=defaults.per_host_concurrency,
             monotonic=monotonic,
             wall=wall,
+            lag=self.loop_watch.lost_since,
         )
+        self.monitor.on_health = self._health_changed
+        self._retry: dict[SubjectKey, float] = {}  # a failing subject's check interval
         self._push: PushRegistry | None = None
         self._ping: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
         self._subjects: dict[SubjectKey, Subject] = {}
@@ -107,16 +115,19 @@ class MonitorService:
             limit=config.monitor.max_concurrency, limit_per_host=config.monitor.per_host_concurrency
         )
         try:
+            began = time.monotonic()
             await self.monitor.restore()
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self._sync_probes(self.settings)
+                self.watching.set()
                 log.info(
                     "health monitor started",
                     subjects=len(self.monitor.subjects()),
                     pull=len(self.scheduler),
                     brokers=len(self._brokers),
                     push=len(self._push.subjects()) if self._push else 0,
+                    restore_seconds=round(time.monotonic() - began, 2),
                 )
                 tasks = [
                     group.create_task(self.monitor.run(), name="tocsin-monitor"),
@@ -157,8 +168,22 @@ class MonitorService:
         defaults = settings.config.monitor
         self.monitor.default_windows = windows_for(defaults, WindowOverrides())
         self._subjects = _subjects(settings)
-        for subject in self._subjects.values():
-            self.monitor.configure(subject.key, subject.name, windows_for(defaults, subject))
+        self._retry.clear()
+        for key, subject in self._subjects.items():
+            spec = subject.probe if isinstance(subject, DeviceConfig) else subject.check
+            looks = not isinstance(spec, MqttProbeSpec | PushSpec)  # pulls, not time-based
+            windows = windows_for(defaults, subject, confirm_by_checks=looks)
+            self.monitor.configure(key, subject.name, windows)
+            if looks:
+                interval = interval_for(defaults, subject).total_seconds()
+                debounce = windows.debounce.total_seconds()
+                self._retry[key] = max(0.1, min(interval, debounce / 3 if debounce else interval))
+
+    def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
+        """A failing subject is looked at more often, until it is up or ticketed."""
+        retry = self._retry.get(key)
+        if retry is not None:
+            self.scheduler.retry(key, retry if health is SubjectHealth.FAILING else None)
 
     def _sync_probes(self, settings: Settings) -> set[SubjectKey]:
         """Start what is new or changed since the last sync; return the subjects touched."""
