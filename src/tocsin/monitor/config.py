@@ -139,7 +139,9 @@ class MqttConfig(_Model):
 Subject = DeviceConfig | IntegrationConfig
 
 
-def windows_for(defaults: MonitorDefaults, subject: WindowOverrides) -> Windows:
+def windows_for(
+    defaults: MonitorDefaults, subject: WindowOverrides, *, confirm_by_checks: bool = False
+) -> Windows:
     def pick(name: str) -> Any:
         own = getattr(subject, name)
         return getattr(defaults, name) if own is None else own
@@ -152,6 +154,7 @@ def windows_for(defaults: MonitorDefaults, subject: WindowOverrides) -> Windows:
         flap_threshold=pick("flap_threshold"),
         auto_resolve=pick("auto_resolve"),
         auto_resolve_in_progress=pick("auto_resolve_in_progress"),
+        confirm_by_checks=confirm_by_checks,
     )
 
 

@@ -164,9 +164,17 @@ def _unhealthy(
             out.append(Note(Reason.FAILING, f"unhealthy: {obs.detail}"))
             if s.health is UP:
                 s = _changed(s, now, w, out)
-            return replace(s, health=FAILING, since=now, first_failure=now, first_success=None)
+            return replace(
+                s,
+                health=FAILING,
+                since=now,
+                first_failure=now,
+                first_success=None,
+                failures=1,
+                last_failure=now,
+            )
         case SubjectHealth.FAILING:
-            return s
+            return replace(s, failures=s.failures + 1, last_failure=now)
         case SubjectHealth.RECOVERING:
             out.append(Note(Reason.RELAPSED, f"unhealthy again while recovering: {obs.detail}"))
             s = _changed(s, now, w, out)
@@ -215,11 +223,20 @@ def _advance(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
     if s.since is None:
         return s
     elapsed = now.seconds_since(s.since)
-    if s.health is FAILING and elapsed >= w.debounce.total_seconds():
+    if s.health is FAILING and elapsed >= w.debounce.total_seconds() and _confirmed(s, w):
         return _debounce_elapsed(s, now, w, out)
     if s.health is RECOVERING and elapsed >= w.recovery.total_seconds():
         return _recovery_elapsed(s, now, w, out)
     return s
+
+
+def _confirmed(s: SubjectState, w: Windows) -> bool:
+    """Failing checks span the debounce, two at least (when the subject's probe looks)."""
+    if not w.confirm_by_checks:
+        return True
+    if s.failures < 2 or s.last_failure is None or s.since is None:
+        return False
+    return s.last_failure.mono - s.since.mono >= w.debounce.total_seconds()
 
 
 def _debounce_elapsed(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> SubjectState:
@@ -313,8 +330,8 @@ def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
         recovery_noted=False,
     )
     s = replace(s, ticket=ticket)
-    if unhealthy:
-        return replace(s, health=FAILING, since=when)  # the debounce runs from the resolution
+    if unhealthy:  # the debounce runs from the resolution, which counts as one failed look
+        return replace(s, health=FAILING, since=when, failures=1, last_failure=when)
     if s.health is RECOVERING:
         return replace(s, health=UP, since=when, first_failure=None)
     return s

@@ -65,6 +65,10 @@ class Windows:
     flap_threshold: int = 5
     auto_resolve: bool = True
     auto_resolve_in_progress: bool = True
+    confirm_by_checks: bool = False
+    """For probes that look (HTTP, SNMP, credential checks): the debounce must be spanned by
+    failing checks, at least two, before a ticket opens; one failed look is not an outage.
+    Time-based subjects (heartbeats, status topics) leave it off: their silence is the proof."""
 
     def __post_init__(self) -> None:
         for name in ("debounce", "recovery", "reopen_window", "flap_window"):
@@ -125,6 +129,8 @@ class SubjectState:
     since: Now | None = None  # when `health` began
     first_failure: Now | None = None  # start of the current outage
     first_success: Now | None = None  # start of the current healthy streak
+    failures: int = 0  # unhealthy observations since `since`, while failing (for confirmation)
+    last_failure: Now | None = None  # the latest of them
     nature: Nature | None = None  # of the last unhealthy observation
     recent: tuple[ProbeResult, ...] = ()  # oldest first, at most RECENT_RESULTS
     ticket: MonitorTicket | None = None
