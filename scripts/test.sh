@@ -16,6 +16,8 @@ have mosquitto || need_apt+=(mosquitto)
 have mosquitto_sub || need_apt+=(mosquitto-clients)
 have snmpd || need_apt+=(snmpd)
 have snmpget || need_apt+=(snmp)
+# The fault-injection tests step the daemon's wall clock with libfaketime.
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need_apt+=(faketime)
 # The packaging tests check systemd/ with systemd-analyze and systemd-sysusers (no running
 # systemd needed).
 { have systemd-analyze && have systemd-sysusers; } || need_apt+=(systemd)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,11 +52,13 @@ def free_port() -> int:
 
 
 class Daemon:
-    """`python -m tocsin run --config FILE`, started and stopped by the test."""
+    """`python -m tocsin run --config FILE`, started and stopped by the test; `env` adds to
+    (or overrides) the test's environment for the daemon."""
 
-    def __init__(self, config: Path, port: int) -> None:
+    def __init__(self, config: Path, port: int, *, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         self.port = port
+        self.env = dict(env or {})
         self.base = f"http://127.0.0.1:{port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = config.with_suffix(".log")
@@ -67,7 +69,7 @@ class Daemon:
             [sys.executable, "-m", "tocsin", "run", "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         deadline = time.monotonic() + 20

@@ -94,13 +94,14 @@ class GroupWriter:
             live = [(op, future) for op, future in batch if not future.cancelled()]
             started = loop.time()
             try:
-                outcomes = await loop.run_in_executor(
+                result = await loop.run_in_executor(
                     self._thread, self._commit, [op for op, _ in live]
                 )
+                outcomes, wrote = result
                 failures = [v for ok, v in outcomes if not ok and isinstance(v, StoreUnavailable)]
                 if failures:
                     self.health.failed(failures[0].fault, count=len(failures))
-                elif live:
+                elif wrote:  # a commit that changed nothing needs no disk: it proves nothing
                     self.health.succeeded()
                 for (_, future), (ok, value) in zip(live, outcomes, strict=True):
                     if not future.done():
@@ -116,19 +117,32 @@ class GroupWriter:
                 for _ in batch:
                     self._queue.task_done()
 
-    def _commit(self, ops: list[WriteOp[Any]]) -> list[_Outcome]:
+    def _commit(self, ops: list[WriteOp[Any]]) -> tuple[list[_Outcome], bool]:
+        """Run `ops` in one transaction; their outcomes, and whether the commit wrote rows."""
         outcomes: list[_Outcome] = []
-        with self._engine.connect() as conn, conn.begin():
-            for op in ops:
-                # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() compiles its savepoint
-                # clause afresh each time, which cost a quarter of the writer's time.
-                conn.exec_driver_sql("SAVEPOINT tocsin_op")
-                try:
-                    outcomes.append((True, op(conn)))
-                except Exception as exc:  # the op's own failure: undo it alone
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tocsin_op")
-                    if _environmental(exc):  # e.g. the disk filled during its INSERT
-                        exc = StoreUnavailable(classify(exc, self.health.path))
-                    outcomes.append((False, exc))
-                conn.exec_driver_sql("RELEASE SAVEPOINT tocsin_op")
-        return outcomes
+        with self._engine.connect() as conn:
+            before = _changes(conn)
+            with conn.begin():
+                self._run_ops(conn, ops, outcomes)
+            after = _changes(conn)
+        return outcomes, before is None or after is None or after > before
+
+    def _run_ops(self, conn: Connection, ops: list[WriteOp[Any]], outcomes: list[_Outcome]) -> None:
+        for op in ops:
+            # Plain SAVEPOINT statements: SQLAlchemy's begin_nested() compiles its savepoint
+            # clause afresh each time, which cost a quarter of the writer's time.
+            conn.exec_driver_sql("SAVEPOINT tocsin_op")
+            try:
+                outcomes.append((True, op(conn)))
+            except Exception as exc:  # the op's own failure: undo it alone
+                conn.exec_driver_sql("ROLLBACK TO SAVEPOINT tocsin_op")
+                if _environmental(exc):  # e.g. the disk filled during its INSERT
+                    exc = StoreUnavailable(classify(exc, self.health.path))
+                outcomes.append((False, exc))
+            conn.exec_driver_sql("RELEASE SAVEPOINT tocsin_op")
+
+
+def _changes(conn: Connection) -> int | None:
+    """Rows changed on this connection so far (SQLite's total_changes); None where unknown."""
+    changes = getattr(conn.connection.driver_connection, "total_changes", None)
+    return changes if isinstance(changes, int) else None
