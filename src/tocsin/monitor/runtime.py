@@ -68,7 +68,7 @@ _IN_CHUNKS = 500  # values per SQL IN list
 HealthHook = Callable[[SubjectKey, SubjectHealth], None]
 
 
-@dataclass
+@dataclass(slots=True)
 class Tracked:
     """A subject as the monitor holds it."""
 

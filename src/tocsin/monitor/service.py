@@ -38,9 +38,11 @@ from tocsin.probes.push import PushRegistry, PushSpec, ping_handler
 from tocsin.probes.snmp import SnmpProbe, SnmpSpec, close_snmp_engine
 from tocsin.secrets import read_secret
 from tocsin.tickets.store import TicketStore
-from tocsin.tracker import SubjectHealth
+from tocsin.tracker import SubjectHealth, Windows
 
 log = structlog.get_logger("tocsin.monitor")
+
+_WINDOW_KEYS = tuple(WindowOverrides.model_fields)
 
 
 @dataclass
@@ -169,10 +171,14 @@ class MonitorService:
         self.monitor.default_windows = windows_for(defaults, WindowOverrides())
         self._subjects = _subjects(settings)
         self._retry.clear()
+        shared: dict[tuple[object, ...], Windows] = {}  # 100,000 subjects, a few distinct windows
         for key, subject in self._subjects.items():
             spec = subject.probe if isinstance(subject, DeviceConfig) else subject.check
             looks = not isinstance(spec, MqttProbeSpec | PushSpec)  # pulls, not time-based
-            windows = windows_for(defaults, subject, confirm_by_checks=looks)
+            own = (looks, *(getattr(subject, name) for name in _WINDOW_KEYS))
+            windows = shared.get(own)
+            if windows is None:
+                windows = shared[own] = windows_for(defaults, subject, confirm_by_checks=looks)
             self.monitor.configure(key, subject.name, windows)
             if looks:
                 interval = interval_for(defaults, subject).total_seconds()

@@ -13,7 +13,7 @@ class Health(StrEnum):
     UNKNOWN = "unknown"  # the probe could not tell (e.g. the device's MQTT broker is down)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubjectKey:
     """A subject is unique per org and type."""
 
@@ -25,7 +25,7 @@ class SubjectKey:
         return f"{self.org}/{self.type}/{self.id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observation:
     """One probe result.
 

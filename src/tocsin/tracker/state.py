@@ -19,7 +19,7 @@ MAX_CHANGES = 64
 """A hard bound on remembered state changes, whatever the flap threshold."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Now:
     """A moment read from both clocks at once.
 
@@ -48,7 +48,7 @@ class Now:
         return Now(self.mono - elapsed, wall)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Windows:
     """The rules' windows and switches for one subject (the global ones, or its overrides).
 
@@ -86,7 +86,7 @@ class SubjectHealth(StrEnum):
     RECOVERING = "recovering"  # healthy, inside the recovery window, its ticket still open
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Nature:
     """What kind of failure it is; a change of either word while down is worth a comment."""
 
@@ -94,13 +94,13 @@ class Nature:
     error_class: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     at: Now
     observation: Observation
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MonitorTicket:
     """The subject's current or last health-monitor ticket.
 
@@ -120,7 +120,7 @@ class MonitorTicket:
     flap_noted: bool = False  # the FLAPPING note of the current flapping episode is on it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SubjectState:
     """Everything the tracker remembers about one subject."""
 
