@@ -40,11 +40,22 @@ def run(config_path: Path) -> None:
             # A stop should take a second or two; if it hangs, say where.
             loop.call_later(STOP_REPORT_AFTER, report_stuck_tasks)
 
+        async def reload() -> None:
+            # Parsed in a thread: a config of 100,000 subjects takes seconds to read, and the
+            # event loop must keep watching meanwhile. One at a time, in the order sent.
+            async with parsing:
+                new = await asyncio.to_thread(reload_settings, config_path)
+                if new is not None:
+                    logs.configure(new.config.log.level, new.config.log.format)
+                    reloads.put_nowait(new)
+
+        parsing = asyncio.Lock()
+        pending: set[asyncio.Task[None]] = set()
+
         def on_reload() -> None:
-            new = reload_settings(config_path)
-            if new is not None:
-                logs.configure(new.config.log.level, new.config.log.format)
-                reloads.put_nowait(new)
+            task = loop.create_task(reload(), name="tocsin-reload-parse")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
