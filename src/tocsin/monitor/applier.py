@@ -190,6 +190,11 @@ class DecisionApplier:
                 error=str(exc),
             )
             return Outcome.DROPPED, None
+        except Exception:  # a bug must not stop every other subject's decisions
+            log.exception(
+                "monitor decision failed", org=key.org, subject=str(key), reason=decision.reason
+            )
+            return Outcome.DROPPED, None
 
 
 def _subject_type(key: SubjectKey) -> SubjectType:
