@@ -101,6 +101,14 @@ def device(**fields: Any) -> MqttProbeSpec:
     return MqttProbeSpec.model_validate({"type": "mqtt", "broker": "site"} | fields)
 
 
+def advance(monitor: BrokerMonitor, clock: FakeMonotonic, seconds: int) -> None:
+    """Let `seconds` pass as the daemon does: a timeout check every second. (A check that
+    comes more than 5 s after the one before reveals a stall, which no heartbeat counts.)"""
+    for _ in range(seconds):
+        clock.now += 1
+        monitor.check_timeouts(clock())
+
+
 @contextlib.asynccontextmanager
 async def running(monitor: BrokerMonitor) -> AsyncIterator[BrokerMonitor]:
     task = asyncio.create_task(monitor.run())
@@ -230,11 +238,9 @@ async def test_a_heartbeat_that_stops_times_out_and_recovers_with_the_next_messa
         await pub.publish("dev/cam-1/telemetry", '{"fps": 25}', qos=1)
         assert (await observations.next(CAM)).healthy
 
-        clock.now += 89
-        monitor.check_timeouts(clock())
+        advance(monitor, clock, 89)
         assert observations.none_pending(CAM)
-        clock.now += 2
-        monitor.check_timeouts(clock())
+        advance(monitor, clock, 2)
 
         late = await observations.next(CAM)
         assert (late.health, late.error_class) == (Health.UNHEALTHY, "heartbeat_timeout")
@@ -285,8 +291,7 @@ async def test_a_retained_online_older_than_the_heartbeat_timeout_is_stale(
         assert (await observations.next(DOOR)).healthy
         assert observations.none_pending(CAM)  # a claim, not yet proof of life
 
-        clock.now += 91
-        monitor.check_timeouts(clock())
+        advance(monitor, clock, 91)
 
         stale = await observations.next(CAM)
         assert (stale.health, stale.error_class) == (Health.UNHEALTHY, "heartbeat_timeout")

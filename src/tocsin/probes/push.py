@@ -25,8 +25,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
+import itertools
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +38,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
+import structlog
 from aiohttp import web
 from pydantic import model_validator
 
@@ -42,7 +46,10 @@ from tocsin.durations import Duration, format_duration
 from tocsin.probes.base import Sink, SpecModel
 from tocsin.probes.http import read_capped
 from tocsin.probes.observation import Health, Observation, SubjectKey
+from tocsin.probes.stalls import WatchedClock
 from tocsin.secrets import SecretError, read_secret
+
+log = structlog.get_logger("tocsin.probes.push")
 
 KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,128}")
 MAX_PING_BODY = 10_000
@@ -88,25 +95,42 @@ def _fingerprint(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", errors="surrogatepass")).digest()
 
 
-@dataclass
+"""Seconds `expired` may be called later than `period` before the gap is a stall."""
+
+
+@dataclass(slots=True, eq=False)
 class _Entry:
     subject: SubjectKey
     spec: PushSpec
+    window: float  # timeout + grace, in seconds
     fingerprint: bytes
-    since: float  # monotonic time of the last ping, or of registration
-    pinged: bool
-    reported: bool  # the current silence has been reported
+    since: float  # watched time of the last ping, or of registration
+    pinged: bool = False
+    reported: bool = False  # the current silence has been reported
+    seq: int = -1  # the heap entry that stands for it; -1: none (reported)
+    due_at: float = math.inf  # that heap entry's deadline
 
 
 class PushRegistry:
-    """Secret ping keys -> subjects, and when each subject last pinged."""
+    """Secret ping keys -> subjects, and when each subject last pinged.
 
-    def __init__(self, site_secret: bytes) -> None:
+    `period` is how often the daemon calls `expired`: a call that comes more than
+    STALL_GRACE later reveals a stall, which no subject's window counts.
+    """
+
+    def __init__(self, site_secret: bytes, *, period: float = 1.0) -> None:
         if len(site_secret) < 16:
             raise ValueError("the push site secret must be at least 16 bytes")
         self._site_secret = site_secret
         self._entries: dict[SubjectKey, _Entry] = {}
         self._by_fingerprint: dict[bytes, _Entry] = {}
+        self._clock = WatchedClock(period, probe="push")
+        # A heap of (deadline, seq, entry) on the watched clock, deadlines no later than the
+        # real ones: a ping only moves `since`; an entry that comes due is checked against it.
+        # An entry whose seq is no longer its subject's is stale and skipped.
+        self._deadlines: list[tuple[float, int, _Entry]] = []
+        self._seq = itertools.count()
+        self._windows: dict[float, float] = {}  # one float per distinct window, not per subject
 
     def register(
         self,
@@ -125,24 +149,26 @@ class PushRegistry:
         owner = self._by_fingerprint.get(fingerprint)
         if owner is not None and owner.subject != subject:
             raise ValueError(f"{subject} has the same push key as {owner.subject}")
-        previous = self._entries.pop(subject, None)
-        if previous is not None:
-            del self._by_fingerprint[previous.fingerprint]
-        entry = _Entry(subject, spec, fingerprint, now_mono, False, False)
-        if previous is not None:
-            entry.since, entry.pinged, entry.reported = (
-                previous.since,
-                previous.pinged,
-                previous.reported,
-            )
+        window = self._windows.setdefault(spec.window, spec.window)
+        entry = self._entries.pop(subject, None)
+        if entry is None:
+            entry = _Entry(subject, spec, window, fingerprint, self._clock.at(now_mono))
+        else:  # the same entry, so that its place in the heap stays good
+            del self._by_fingerprint[entry.fingerprint]
+            entry.spec, entry.window, entry.fingerprint = spec, window, fingerprint
         self._entries[subject] = entry
         self._by_fingerprint[fingerprint] = entry
+        if not entry.reported and entry.since + entry.window < entry.due_at:
+            self._queue(entry)  # new, or its window shrank
+        self._compact()
         return key
 
     def unregister(self, subject: SubjectKey) -> None:
         entry = self._entries.pop(subject, None)
         if entry is not None:
             del self._by_fingerprint[entry.fingerprint]
+            entry.seq = -1
+            self._compact()
 
     def subjects(self) -> list[SubjectKey]:
         return list(self._entries)
@@ -169,38 +195,69 @@ class PushRegistry:
         entry = self._by_fingerprint.get(_fingerprint(key))
         if entry is None:
             return None
-        entry.since, entry.pinged, entry.reported = now_mono, True, False
+        entry.since, entry.pinged = self._clock.at(now_mono), True
+        if entry.reported:
+            entry.reported = False
+            self._queue(entry)
         return entry.subject
 
     def expired(self, now_mono: float) -> list[tuple[SubjectKey, Observation]]:
-        """Subjects whose window has just passed without a ping: each once per silence."""
+        """Subjects whose window has just passed without a ping: each once per silence.
+
+        Meant to be called every `period`; costs O(subjects due), not O(subjects)."""
+        now = self._clock.tick(now_mono)
+        deadlines = self._deadlines
+        popped: list[tuple[float, int, _Entry]] = []
+        while deadlines and deadlines[0][0] <= now:
+            popped.append(heapq.heappop(deadlines))
         due: list[tuple[SubjectKey, Observation]] = []
-        for entry in self._entries.values():
-            if entry.reported or now_mono - entry.since < entry.spec.window:
+        for _, seq, entry in popped:  # pushed back only now: each is looked at once a call
+            if seq != entry.seq:
+                continue  # unregistered, or superseded by an earlier deadline
+            if now - entry.since < entry.window:
+                self._queue(entry)  # pinged since
                 continue
-            entry.reported = True
-            silence = format_duration(timedelta(seconds=entry.spec.window))
-            detail = (
-                f"no ping for {silence}" if entry.pinged else f"no ping in {silence} since start"
-            )
-            due.append(
-                (
-                    entry.subject,
-                    Observation(
-                        Health.UNHEALTHY,
-                        detail,
-                        kind_hint=_kind(entry.subject),
-                        error_class="no_ping",
-                        data={"timeout": format_duration(entry.spec.timeout)},
-                    ),
-                )
-            )
+            entry.reported, entry.seq = True, -1
+            due.append((entry.subject, _silence(entry)))
         return due
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which `expired` has something to report next, if any."""
-        pending = [e.since + e.spec.window for e in self._entries.values() if not e.reported]
-        return min(pending, default=None)
+        deadlines = self._deadlines
+        while deadlines:
+            deadline, seq, entry = deadlines[0]
+            if seq != entry.seq:
+                heapq.heappop(deadlines)
+            elif entry.since + entry.window > deadline:  # pinged since
+                heapq.heappop(deadlines)
+                self._queue(entry)
+            else:
+                return deadline + self._clock.stalled
+        return None
+
+    def _queue(self, entry: _Entry) -> None:
+        entry.seq, entry.due_at = next(self._seq), entry.since + entry.window
+        heapq.heappush(self._deadlines, (entry.due_at, entry.seq, entry))
+
+    def _compact(self) -> None:
+        # Unregistered subjects and shrunk windows leave stale entries until their deadline;
+        # a config reload that drops many should not keep them for a day.
+        if len(self._deadlines) > 2 * len(self._entries) + 64:
+            live = [item for item in self._deadlines if item[1] == item[2].seq]
+            heapq.heapify(live)
+            self._deadlines = live
+
+
+def _silence(entry: _Entry) -> Observation:
+    silence = format_duration(timedelta(seconds=entry.window))
+    detail = f"no ping for {silence}" if entry.pinged else f"no ping in {silence} since start"
+    return Observation(
+        Health.UNHEALTHY,
+        detail,
+        kind_hint=_kind(entry.subject),
+        error_class="no_ping",
+        data={"timeout": format_duration(entry.spec.timeout)},
+    )
 
 
 def _kind(subject: SubjectKey) -> str:
