@@ -96,6 +96,13 @@ class TicketStore:
             lambda conn: writes.open_ticket(conn, request, at or self._clock())
         )
 
+    async def open_plain(self, batch: list[tuple[OpenRequest, datetime]]) -> list[Change]:
+        """Open many tickets in one operation (see writes.open_plain): the health monitor's
+        opens in a storm, each with the moment it was decided. All or none."""
+        for request, _ in batch:
+            validate_open(request)
+        return await self._writer.run(lambda conn: writes.open_plain(conn, batch))
+
     async def start_work(
         self, org: str, seq: int, actor: Actor, comment: str | None = None
     ) -> Change:
