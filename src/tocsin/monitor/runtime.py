@@ -125,10 +125,15 @@ class HealthMonitor:
         else:
             tracked.name, tracked.windows, tracked.dirty = name, windows, True
 
-    async def remove(self, key: SubjectKey) -> None:
-        self._pending.discard(key)
-        if self._subjects.pop(key, None) is not None:
-            await self._forget([key])
+    async def remove(self, *keys: SubjectKey) -> None:
+        """Stop tracking these subjects and drop their saved state (one write for all)."""
+        gone = []
+        for key in keys:
+            self._pending.discard(key)
+            if self._subjects.pop(key, None) is not None:
+                gone.append(key)
+        if gone:
+            await self._forget(gone)
 
     async def _forget(self, keys: list[SubjectKey]) -> None:
         try:

@@ -151,12 +151,13 @@ class MonitorService:
         old = self._subjects.copy()
         self.settings = settings
         self.context.base_dir, self.context.environ = settings.base_dir, settings.environ
-        removed = [key for key in old if key not in _subjects(settings)]
+        wanted = _subjects(settings)
+        removed = [key for key in old if key not in wanted]
         for key in removed:
             self.scheduler.remove(key)
             if self._push is not None:
                 self._push.unregister(key)
-            await self.monitor.remove(key)
+        await self.monitor.remove(*removed)
         self._configure_subjects(settings)
         changed = self._sync_probes(settings)
         added = [key for key in self._subjects if key not in old]

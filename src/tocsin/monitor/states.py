@@ -74,14 +74,15 @@ def save(conn: Connection, rows: list[StateRow]) -> None:
         conn.execute(_UPSERT[conn.dialect.name], [row.params() for row in rows])
 
 
+_FORGET = S.delete().where(
+    S.c.org == bindparam("o"), S.c.subject_type == bindparam("t"), S.c.subject_id == bindparam("i")
+)
+
+
 def forget(conn: Connection, keys: list[SubjectKey]) -> None:
-    """Drop the state of subjects no longer configured."""
-    for key in keys:
-        conn.execute(
-            S.delete().where(
-                S.c.org == key.org, S.c.subject_type == key.type, S.c.subject_id == key.id
-            )
-        )
+    """Drop the state of subjects no longer configured (one executemany)."""
+    if keys:
+        conn.execute(_FORGET, [{"o": k.org, "t": k.type, "i": k.id} for k in keys])
 
 
 async def load(engine: AsyncEngine, org: str | None = None) -> list[StateRow]:
