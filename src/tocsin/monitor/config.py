@@ -3,14 +3,17 @@ each subject's overrides of the [monitor] windows."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tocsin.durations import Duration
+from tocsin.probes.base import share_fields_set
 from tocsin.probes.credentials import CredentialCheckSpec
 from tocsin.probes.http import HttpSpec
 from tocsin.probes.mqtt import BrokerSpec, MqttProbeSpec
@@ -31,6 +34,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(
         extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True
     )
+
+    def model_post_init(self, context: Any, /) -> None:
+        share_fields_set(self)  # one set for 100,000 subjects, not one each
 
 
 class WindowOverrides(_Model):
@@ -96,9 +102,9 @@ class DeviceConfig(WindowOverrides):
     """What people read in tickets and webhooks."""
     space: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     """Where it is, e.g. a room."""
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels, e.g. { rack = "A3" }."""
-    depends_on: list[str] = []
+    depends_on: list[str] = Field(default_factory=list)
     """Ids of subjects in the same org it depends on (each must exist)."""
     probe: DeviceProbe
     """How it is probed; its type (http, snmp, mqtt or push) picks the other keys."""
@@ -117,9 +123,9 @@ class IntegrationConfig(WindowOverrides):
     """Unique among the org's integrations; no '/', 1-128 characters."""
     name: Annotated[str, Field(min_length=1, max_length=200)]
     """What people read in tickets and webhooks."""
-    labels: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels."""
-    depends_on: list[str] = []
+    depends_on: list[str] = Field(default_factory=list)
     """Ids of subjects in the same org it depends on (each must exist)."""
     check: CredentialCheckSpec
     """The credential check: an authenticated HTTP request."""
@@ -132,7 +138,7 @@ class IntegrationConfig(WindowOverrides):
 class MqttConfig(_Model):
     """[mqtt]: the brokers mqtt probes use."""
 
-    brokers: list[BrokerSpec] = []
+    brokers: list[BrokerSpec] = Field(default_factory=list)
     """One connection per broker; each broker is itself watched (integration mqtt-broker:NAME)."""
 
 
@@ -175,55 +181,101 @@ def cross_check(
     environ: Mapping[str, str],
 ) -> list[tuple[str, str]]:
     """Problems that span keys: unknown orgs and brokers, duplicate ids, dangling depends_on,
-    unreadable files (secrets, CA files). Each as (key path, message); values never shown."""
+    unreadable files (secrets, CA files). Each as (key path, message); values never shown.
+
+    Linear in the subjects, of which there may be 100,000: a key path is spelled only for a
+    problem, and a file or variable that many subjects name is read once."""
     problems: list[tuple[str, str]] = []
-    seen: dict[SubjectKey, str] = {}
-    brokers = {b.name for b in mqtt.brokers}
-    names = [b.name for b in mqtt.brokers]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            problems.append((f"mqtt.brokers[{i}].name", f"broker {name!r} is defined twice"))
-    subjects: list[tuple[str, Subject]] = [(f"devices[{i}]", d) for i, d in enumerate(devices)]
-    subjects += [(f"integrations[{i}]", s) for i, s in enumerate(integrations)]
-    for path, subject in subjects:
-        if subject.org not in orgs:
-            problems.append((f"{path}.org", f"no org {subject.org!r} in [[orgs]]"))
-        if subject.key in seen:
-            problems.append((f"{path}.id", f"{subject.id!r} is also {seen[subject.key]}"))
-        seen.setdefault(subject.key, path)
-        probe = subject.probe if isinstance(subject, DeviceConfig) else None
-        if isinstance(probe, MqttProbeSpec) and probe.broker not in brokers:
-            message = f"no broker {probe.broker!r} in [[mqtt.brokers]]"
-            problems.append((f"{path}.probe.broker", message))
-    for path, subject in subjects:
-        for j, parent in enumerate(subject.depends_on):
-            if not any(k.org == subject.org and k.id == parent for k in seen):
-                problems.append((f"{path}.depends_on[{j}]", f"no subject {parent!r} in the org"))
-    files: list[tuple[str, BaseModel]] = [
-        (f"mqtt.brokers[{i}]", b) for i, b in enumerate(mqtt.brokers)
+    brokers: set[str] = set()
+    for i, broker in enumerate(mqtt.brokers):
+        if broker.name in brokers:
+            problems.append((f"mqtt.brokers[{i}].name", f"broker {broker.name!r} is defined twice"))
+        brokers.add(broker.name)
+    subjects: tuple[tuple[str, str, Sequence[Subject]], ...] = (
+        ("devices", "device", devices),
+        ("integrations", "integration", integrations),
+    )
+    # (org, type, id), as in SubjectKey: a plain tuple hashes without a call into Python.
+    seen: dict[tuple[str, str, str], tuple[str, int]] = {}
+    for where, kind, items in subjects:
+        for i, subject in enumerate(items):
+            if subject.org not in orgs:
+                problems.append((f"{where}[{i}].org", f"no org {subject.org!r} in [[orgs]]"))
+            first = seen.setdefault((subject.org, kind, subject.id), (where, i))
+            if first != (where, i):
+                message = f"{subject.id!r} is also {first[0]}[{first[1]}]"
+                problems.append((f"{where}[{i}].id", message))
+            probe = subject.probe if isinstance(subject, DeviceConfig) else None
+            if isinstance(probe, MqttProbeSpec) and probe.broker not in brokers:
+                message = f"no broker {probe.broker!r} in [[mqtt.brokers]]"
+                problems.append((f"{where}[{i}].probe.broker", message))
+    ids = {(org, subject_id) for org, _, subject_id in seen}
+    for where, _, items in subjects:
+        for i, subject in enumerate(items):
+            for j, parent in enumerate(subject.depends_on):
+                if (subject.org, parent) not in ids:
+                    message = f"no subject {parent!r} in the org"
+                    problems.append((f"{where}[{i}].depends_on[{j}]", message))
+    # (the spec's key path, as a template for its index; its index; the spec)
+    specs: list[tuple[str, int, BaseModel]] = [
+        ("mqtt.brokers[{}]", i, broker) for i, broker in enumerate(mqtt.brokers)
     ]
-    files += [(f"{path}.probe", s.probe) for path, s in subjects if isinstance(s, DeviceConfig)]
-    files += [
-        (f"{path}.check", s.check) for path, s in subjects if isinstance(s, IntegrationConfig)
-    ]
-    files.append(("monitor", monitor))
-    for path, model in files:
-        for key, value in _file_and_env_keys(model, path):
-            try:
-                if key.endswith("_env"):
-                    read_secret(env=value, environ=environ)
-                else:
-                    read_secret(file=value, base_dir=base_dir, environ=environ)
-            except SecretError as exc:
-                problems.append((key, str(exc)))
+    specs += [("devices[{}].probe", i, d.probe) for i, d in enumerate(devices)]
+    specs += [("integrations[{}].check", i, s.check) for i, s in enumerate(integrations)]
+    specs.append(("monitor", 0, monitor))
+    read: dict[tuple[bool, str], str | None] = {}  # (is a variable, name) -> problem, or None
+    for path, i, spec in specs:
+        for key, value in _file_and_env_keys(spec):
+            variable = key.endswith("_env")
+            if (variable, value) not in read:
+                try:
+                    if variable:
+                        read_secret(env=value, environ=environ)
+                    else:
+                        read_secret(file=value, base_dir=base_dir, environ=environ)
+                    read[variable, value] = None
+                except SecretError as exc:
+                    read[variable, value] = str(exc)
+            problem = read[variable, value]
+            if problem is not None:
+                problems.append((f"{path.format(i)}.{key}", problem))
     return problems
 
 
-def _file_and_env_keys(model: BaseModel, path: str) -> Iterator[tuple[str, str]]:
-    """Every `*_file` / `*_env` value in a spec, nested models included, with its key path."""
-    for name in type(model).model_fields:
+def _file_and_env_keys(model: BaseModel) -> list[tuple[str, str]]:
+    """Every `*_file` / `*_env` value in a spec, nested models included, with its key path
+    below the spec."""
+    found: list[tuple[str, str]] = []
+    for name in _source_fields(type(model)):
         value = getattr(model, name)
         if isinstance(value, BaseModel):
-            yield from _file_and_env_keys(value, f"{path}.{name}")
+            found += [(f"{name}.{key}", text) for key, text in _file_and_env_keys(value)]
         elif isinstance(value, str) and name.endswith(("_file", "_env")):
-            yield f"{path}.{name}", value
+            found.append((name, value))
+    return found
+
+
+@cache
+def _source_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of a spec class that may hold a `*_file` / `*_env` value or a nested model,
+    in field order: the others need not be looked at, subject by subject."""
+    return tuple(
+        name
+        for name, field in model.model_fields.items()
+        if name.endswith(("_file", "_env")) or _may_hold_model(field.annotation)
+    )
+
+
+def _may_hold_model(annotation: Any) -> bool:
+    """Whether a field's value may be a model: a model class, or a union or Annotated with one
+    (not a list of models: those are not looked into)."""
+    if isinstance(annotation, type):
+        return issubclass(annotation, BaseModel) or annotation is object
+    if annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _may_hold_model(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return any(_may_hold_model(member) for member in get_args(annotation))
+    return False

@@ -191,7 +191,7 @@ class CredentialCheckSpec(SpecModel):
     """The credentials: bearer, basic, api_key or oauth2."""
     method: Method = "GET"
     """The request method."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     """Extra request headers."""
     interval: Duration | None = None
     """How often it runs (or give cron); unset: the integration's, else monitor.interval."""

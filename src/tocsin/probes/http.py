@@ -188,7 +188,7 @@ class HttpSpec(SpecModel):
     """The URL to request (http or https); user:password in it is never logged."""
     method: Method = "GET"
     """The request method."""
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     """Extra request headers."""
     body: str | None = None
     """A request body."""
@@ -196,7 +196,7 @@ class HttpSpec(SpecModel):
     """Accepted statuses (an int or a list); default any 2xx."""
     expect_body: Annotated[str, Field(min_length=1)] | None = None
     """A substring the body must contain."""
-    expect_json: dict[str, JsonScalar] = {}
+    expect_json: dict[str, JsonScalar] = Field(default_factory=dict)
     """Dotted paths into the JSON body and the values they must hold: {"status" = "ok"}."""
     max_latency: Duration | None = None
     """A slower answer is unhealthy (shorter than timeout)."""

@@ -87,6 +87,11 @@ class OidCheck(SpecModel):
         return value.lstrip(".")
 
 
+# The default OID check, one (frozen) instance shared by every SNMP device that keeps the
+# default: a fleet of them need not hold a copy each.
+_UPTIME_CHECK = OidCheck(oid=SYS_UPTIME)
+
+
 class SnmpSpec(SpecModel):
     """probe = { type = "snmp", host = "10.0.0.6", version = "2c", community = "public" }"""
 
@@ -118,7 +123,9 @@ class SnmpSpec(SpecModel):
     """v3: a file holding the privacy key (needs an authentication key)."""
     priv_key_env: str | None = None
     """v3: an environment variable holding the privacy key."""
-    oids: Annotated[list[OidCheck], Field(min_length=1)] = [OidCheck(oid=SYS_UPTIME)]
+    oids: Annotated[list[OidCheck], Field(min_length=1)] = Field(
+        default_factory=lambda: [_UPTIME_CHECK]
+    )
     """The OIDs to GET; sysUpTime.0 is always fetched too, to notice reboots."""
     timeout: Duration = timedelta(seconds=1)
     """How long to wait for an answer, per try."""
