@@ -181,6 +181,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--sched-duration", type=float, help="s (10)")
     add("--skip-capacity", action="store_true")
     add("--skip-fleet", action="store_true")
+    parser.add_argument(
+        "--event-loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="the daemon's [server] event_loop (auto)",
+    )
     add("--profile", type=int, metavar="SECONDS", help="py-spy the daemon for SECONDS of window")
     add("--target-cpu", type=float, default=100.0, help="%% of one core, average (100)")
     add("--target-rss-mb", type=float, default=300.0, help="MB (10^6 bytes) peak (300)")
@@ -488,6 +494,7 @@ async def fleet_phase(
         snmp_retries=opts.snmp_retries,
         max_concurrency=opts.max_concurrency,
         per_host=opts.per_host,
+        event_loop=opts.event_loop,
     )
     config = workdir / "fleet.toml"
     config.write_text(text)

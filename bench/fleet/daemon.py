@@ -56,11 +56,13 @@ def fleet_config(
     snmp_retries: int,
     max_concurrency: int,
     per_host: int,
+    event_loop: str = "auto",
 ) -> tuple[str, Fleet]:
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [
         "[server]",
         f'listen = "127.0.0.1:{listen_port}"',
+        f'event_loop = "{event_loop}"',
         "[store]",
         f'url = "sqlite+aiosqlite:///{db}"',
         "[log]",

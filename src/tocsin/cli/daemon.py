@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -63,7 +64,8 @@ def run(config_path: Path) -> None:
         await app.run(settings, stop, reloads=reloads)
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=loop_factory(settings.config.server.event_loop)) as runner:
+            runner.run(serve())
     except StoreUrlError as exc:
         fail(f"store.url: {exc}")
     except OSError as exc:
@@ -71,6 +73,19 @@ def run(config_path: Path) -> None:
 
 
 STOP_REPORT_AFTER = 5.0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """[server] event_loop: uvloop's loop (auto: when installed), else asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            fail("server.event_loop: uvloop is not installed (pip install uvloop)")
+        return None
+    return uvloop.new_event_loop
 
 
 def reload_settings(path: Path) -> Settings | None:
