@@ -558,7 +558,9 @@ async def test_it_refuses_a_reload_whose_secret_files_are_gone_and_keeps_the_old
 # -- the wall clock ----------------------------------------------------------------------------
 
 
-def near(when: str | datetime, expected: datetime, *, within: float = 5.0) -> bool:
+def near(when: str | datetime, expected: datetime, *, within: float = 60.0) -> bool:
+    """Within a minute: a busy box may take seconds to deliver and log, while the steps the
+    test makes are an hour, so a stamp on the wrong clock is still told apart."""
     stamp = moment(when) if isinstance(when, str) else when
     return abs((stamp - expected).total_seconds()) < within
 

@@ -31,5 +31,6 @@ def test_a_stall_is_logged_once_when_the_loop_runs_again() -> None:
         watch.record(125.0, 120.0)  # SIGSTOP for two minutes
         watch.record(125.1, 0.0)
     stalls = [entry for entry in logs if entry["event"] == "event loop stalled"]
-    assert len(stalls) == 1 and stalls[0]["seconds"] == 120.0
+    assert len(stalls) == 1
+    assert stalls[0]["seconds"] == 120.0
     assert seen == [0.2, 120.0, 0.0]

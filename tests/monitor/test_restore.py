@@ -100,9 +100,11 @@ async def test_restoring_50000_subjects_with_open_tickets_takes_a_few_bulk_queri
     for seq, key in enumerate(keys, start=1):
         state = subjects[key].state
         assert state.health is SubjectHealth.UNKNOWN
-        assert state.ticket is not None and state.ticket.seq == seq
+        assert state.ticket is not None
+        assert state.ticket.seq == seq
         assert state.ticket.open is (seq > RESOLVED_BY_PERSON)
     resolved = subjects[keys[0]].state.ticket
-    assert resolved is not None and resolved.resolved_by_person
+    assert resolved is not None
+    assert resolved.resolved_by_person
     assert resolved.resolved_at is not None
     assert resolved.resolved_at.wall == saved_at + timedelta(seconds=5)

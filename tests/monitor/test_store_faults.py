@@ -89,7 +89,8 @@ async def test_it_keeps_a_decision_through_a_store_outage_and_stamps_it_when_it_
     ticket, timeline = await tickets.get("acme", 1)
     assert ticket.state is State.OPEN
     assert ticket.opened_at == decided_at  # when it was decided, not when the store took it
-    assert timeline[0].type is EventType.OPENED and timeline[0].at == decided_at
+    assert timeline[0].type is EventType.OPENED
+    assert timeline[0].at == decided_at
     assert len(events(logs, "store writes failing")) == 1
     assert len(events(logs, "store writes resumed")) == 1
     assert tickets.health.fault is None
@@ -203,7 +204,8 @@ def test_a_missing_database_file_is_named(tmp_path: Path) -> None:
     with structlog.testing.capture_logs() as logs:
         health.check_file()
         health.check_file()
-    assert health.fault is not None and health.fault.fault is Fault.MISSING
+    assert health.fault is not None
+    assert health.fault.fault is Fault.MISSING
     assert len(events(logs, "store writes failing")) == 1
 
 
@@ -226,7 +228,8 @@ def test_it_says_a_failure_once_then_reminds_each_minute_then_says_it_is_over() 
     assert len(reminders) == 1
     assert reminders[0]["failed_writes"] == 32
     resumed = events(logs, "store writes resumed")
-    assert len(resumed) == 1 and resumed[0]["failed_writes"] == 33
+    assert len(resumed) == 1
+    assert resumed[0]["failed_writes"] == 33
     assert health.failures[Fault.DISK_FULL] == 33
     assert health.cause is None
     assert timedelta(seconds=0) < timedelta(seconds=float(str(resumed[0]["outage_seconds"])))

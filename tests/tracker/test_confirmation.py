@@ -11,7 +11,9 @@ import pytest
 from tests.tracker.helpers import MIN, Sim, bad, ok, reasons
 from tocsin.tracker import Reason, SubjectHealth, TicketResolvedByPerson, Windows
 
-LOOKS = Windows(debounce=timedelta(seconds=10), recovery=timedelta(seconds=30), confirm_by_checks=True)
+LOOKS = Windows(
+    debounce=timedelta(seconds=10), recovery=timedelta(seconds=30), confirm_by_checks=True
+)
 TIMED = Windows(debounce=timedelta(seconds=10), recovery=timedelta(seconds=30))
 
 
