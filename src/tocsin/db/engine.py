@@ -11,6 +11,7 @@ queue on the busy timeout instead of deadlocking on a lock upgrade.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,14 +58,22 @@ def open_database(url: str) -> Database:
     if backend == "sqlite":
         _prepare_sqlite_file(parsed)
     write = create_engine(
-        parsed.set(drivername=f"{backend}+{sync_driver}"), pool_size=1, max_overflow=0
+        parsed.set(drivername=f"{backend}+{sync_driver}"),
+        pool_size=1,
+        max_overflow=0,
+        json_serializer=_json_text,
     )
-    read = create_async_engine(parsed, pool_size=4, max_overflow=4)
+    read = create_async_engine(parsed, pool_size=4, max_overflow=4, json_serializer=_json_text)
     if backend == "sqlite":
         _tune_sqlite(write, begin="BEGIN IMMEDIATE")
         _tune_sqlite(read.sync_engine, begin="BEGIN")
     path = str(Path(parsed.database).resolve()) if backend == "sqlite" and parsed.database else None
     return Database(read=read, write=write, sqlite_path=path)
+
+
+def _json_text(value: Any) -> str:
+    """JSON columns: what json cannot write itself (a datetime in probe data) as its text."""
+    return json.dumps(value, default=str)
 
 
 def _prepare_sqlite_file(url: URL) -> None:

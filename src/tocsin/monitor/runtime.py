@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from tocsin.db import schema
@@ -115,7 +116,7 @@ class HealthMonitor:
             (t for t in self._subjects.values() if t.key.org == org),
             key=lambda t: (t.key.type, t.key.id),
         )
-        return [_state_row(t, now) for t in tracked]
+        return [_state_row(t.key, t.name, t.state, now) for t in tracked]
 
     def configure(self, key: SubjectKey, name: str, windows: Windows) -> None:
         """Add a subject, or update the name and windows of one (its tracker state stays)."""
@@ -392,11 +393,18 @@ class HealthMonitor:
             return
         now = self.now()
         snapshot = [(t, t.state) for t in dirty]
-        rows = [_state_row(t, now) for t in dirty]
+        # The rows are built in the writer's thread from the (immutable) states taken here:
+        # the event loop goes on handling observations meanwhile.
+        taken = [(t.key, t.name, state) for t, state in snapshot]
+
+        def write(conn: Connection) -> None:
+            rows = [_state_row(k, n, s, now, json_ready=False) for k, n, s in taken]
+            states.save(conn, rows)
+
         for tracked in dirty:
             tracked.dirty = False
         try:
-            await self._store.writer.run(lambda conn: states.save(conn, rows))
+            await self._store.writer.run(write)
         except BaseException:
             for tracked, _ in snapshot:
                 tracked.dirty = True
@@ -491,41 +499,43 @@ _PERSON_EVENTS: dict[str, Callable[[int, dict[str, Any]], Event]] = {
 }
 
 
-def _state_row(tracked: Tracked, now: Now) -> states.StateRow:
-    state = tracked.state
+def _state_row(
+    key: SubjectKey, name: str, state: SubjectState, now: Now, *, json_ready: bool = True
+) -> states.StateRow:
+    """A subject's row. `json_ready=False` leaves probe data as it is, for the store, whose
+    JSON columns write what json cannot (a datetime) as text; the API wants it converted."""
     last = state.recent[-1] if state.recent else None
     last_result = None
     if last is not None:
         obs = last.observation
         moment = now.wall.timestamp() - max(0.0, now.mono - last.at.mono)
-        last_result = _json_ready(
-            {
-                "at": datetime.fromtimestamp(moment, UTC).isoformat(),
-                "health": obs.health.value,
-                "detail": obs.detail,
-                "error_class": obs.error_class,
-                "latency_ms": obs.latency_ms,
-            }
-        )
+        last_result = {
+            "at": datetime.fromtimestamp(moment, UTC).isoformat(),
+            "health": obs.health.value,
+            "detail": obs.detail,
+            "error_class": obs.error_class,
+            "latency_ms": obs.latency_ms,
+        }
     since = None
     if state.since is not None:
         since = datetime.fromtimestamp(
             now.wall.timestamp() - max(0.0, now.mono - state.since.mono), UTC
         )
+    saved = dump(state, now)
     return states.StateRow(
-        key=tracked.key,
-        name=tracked.name,
+        key=key,
+        name=name,
         health=state.health.value,
         flapping=state.flapping,
         since=since,
         ticket_seq=state.ticket_seq if state.ticket_open else None,
         last_result=last_result,
-        state=_json_ready(dump(state, now)),
+        state=_json_ready(saved) if json_ready else saved,
         updated_at=now.wall,
     )
 
 
 def _json_ready(value: dict[str, Any]) -> dict[str, Any]:
-    """Probe data may hold datetimes and the like: store their text."""
+    """Probe data may hold datetimes and the like: their text."""
     result: dict[str, Any] = json.loads(json.dumps(value, default=str))
     return result
