@@ -321,3 +321,24 @@ async def test_the_monitor_loop_stops_when_cancelled_even_while_observations_pou
         running.cancel()
         # Bounded: a loop that swallows the cancel must fail this test, not hang the suite.
         await asyncio.wait({flooding, running}, timeout=2.0)
+
+
+async def test_another_healthy_result_is_saved_rarely_but_a_change_of_health_at_once(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await monitor.handle_observation(CAM, up())
+    await monitor.save(force=True)
+    clocks.advance(10)
+    await monitor.handle_observation(CAM, up())  # nothing new but the result
+    tracked = monitor.subjects()[CAM]
+    assert (tracked.dirty, tracked.stale) == (False, True)
+    await monitor.save()
+    assert tracked.stale  # not yet: a restart would lose nothing worth a write
+    await monitor.handle_observation(CAM, down())
+    assert tracked.dirty
+    clocks.advance(3)
+    await monitor.save()
+    assert not tracked.dirty and not tracked.stale
+    rows = await states.load(tickets.database.read)
+    assert rows[0].health == "failing"

@@ -61,6 +61,7 @@ from tocsin.tracker.state import SubjectHealth
 log = structlog.get_logger("tocsin.monitor")
 
 SAVE_EVERY_SECONDS = 2.0
+STALE_EVERY = 300.0  # a subject whose only news is another healthy result is saved this often
 SAVE_BATCH = 2_000  # state rows per write: a storm's saves spread over a few seconds
 _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
@@ -77,7 +78,8 @@ class Tracked:
     name: str
     windows: Windows
     state: SubjectState
-    dirty: bool = True
+    dirty: bool = True  # changed in what a restart needs: saved within SAVE_EVERY_SECONDS
+    stale: bool = False  # only its recent probe results changed: saved within STALE_EVERY
     last_mono: float = float("-inf")  # the latest moment an event of this subject was handled
 
 
@@ -100,6 +102,7 @@ class HealthMonitor:
         self.on_health: HealthHook | None = None  # told when a subject's health changes
         self._trigger_cursor = 0
         self._last_save = float("-inf")
+        self._last_stale_save = float("-inf")
 
     # -- the subjects ------------------------------------------------------------------------
 
@@ -296,10 +299,14 @@ class HealthMonitor:
         tracked.last_mono = max(tracked.last_mono, now.mono)
         before = tracked.state
         tracked.state, decisions = step(before, event, now, tracked.windows)
-        if tracked.state is not before:
-            tracked.dirty = True
-            if tracked.state.health is not before.health and self.on_health is not None:
-                self.on_health(tracked.key, tracked.state.health)
+        after = tracked.state
+        if after is not before:
+            if _only_results_changed(before, after):
+                tracked.stale = True
+            else:
+                tracked.dirty = True
+            if after.health is not before.health and self.on_health is not None:
+                self.on_health(tracked.key, after.health)
         for decision in decisions:
             if isinstance(decision, Note):
                 log.info(decision.text, reason=decision.reason.value, **_context(tracked.key))
@@ -386,7 +393,10 @@ class HealthMonitor:
         if not force and mono - self._last_save < SAVE_EVERY_SECONDS:
             return
         self._last_save = mono
-        dirty = [t for t in self._subjects.values() if t.dirty]
+        with_stale = force or mono - self._last_stale_save >= STALE_EVERY
+        if with_stale:
+            self._last_stale_save = mono
+        dirty = [t for t in self._subjects.values() if t.dirty or (with_stale and t.stale)]
         if not force:
             dirty = dirty[:SAVE_BATCH]
         if not dirty:
@@ -402,7 +412,7 @@ class HealthMonitor:
             states.save(conn, rows)
 
         for tracked in dirty:
-            tracked.dirty = False
+            tracked.dirty = tracked.stale = False
         try:
             await self._store.writer.run(write)
         except BaseException:
@@ -412,6 +422,21 @@ class HealthMonitor:
         for tracked, state in snapshot:
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
+
+
+def _only_results_changed(before: SubjectState, after: SubjectState) -> bool:
+    """Is another probe result (and the failure count) all that changed? Then a restart
+    loses nothing worth a write now."""
+    return (
+        before.health is after.health
+        and before.since is after.since
+        and before.ticket is after.ticket
+        and before.flapping is after.flapping
+        and before.nature == after.nature
+        and before.first_failure is after.first_failure
+        and before.first_success is after.first_success
+        and before.changes == after.changes
+    )
 
 
 @dataclass(frozen=True)
