@@ -184,8 +184,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--event-loop",
         choices=["auto", "uvloop", "asyncio"],
-        default="auto",
-        help="the daemon's [server] event_loop (auto)",
+        default="asyncio",
+        help="the daemon's [server] event_loop (asyncio)",
     )
     add("--profile", type=int, metavar="SECONDS", help="py-spy the daemon for SECONDS of window")
     add("--target-cpu", type=float, default=100.0, help="%% of one core, average (100)")

@@ -56,7 +56,7 @@ def fleet_config(
     snmp_retries: int,
     max_concurrency: int,
     per_host: int,
-    event_loop: str = "auto",
+    event_loop: str = "asyncio",
 ) -> tuple[str, Fleet]:
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [

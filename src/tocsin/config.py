@@ -77,8 +77,8 @@ class ServerConfig(_Model):
     """Where the HTTP API listens: HOST:PORT, or [IPv6]:PORT."""
     public_url: str | None = None
     """The base of links in webhooks and pages (http or https); default: http://<listen>."""
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """The event loop: uvloop (libuv), or Python's own asyncio loop; auto: uvloop if installed."""
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """The event loop: Python's own asyncio loop, or uvloop (libuv); auto: uvloop if installed."""
 
     @field_validator("listen")
     @classmethod
