@@ -174,8 +174,9 @@ class HealthMonitor:
                     closed[key.org].append(mine.seq)
         resolved_at = await _resolved_times(read, closed)
         for key, tracked in self._subjects.items():
-            self._reconcile(tracked, unresolved.get(key, {}), resolved_at, now)
-            self._note_pending(tracked)
+            if key in saved or key in unresolved:  # the rest start unknown, with nothing to do
+                self._reconcile(tracked, unresolved.get(key, {}), resolved_at, now)
+                self._note_pending(tracked)
         gone = [key for key in saved if key not in self._subjects]
         if gone:
             await self._forget(gone)
