@@ -310,7 +310,10 @@ class HealthMonitor:
                 self.on_health(tracked.key, after.health)
         for decision in decisions:
             if isinstance(decision, Note):
-                log.info(decision.text, reason=decision.reason.value, **_context(tracked.key))
+                # "Unknown" comes to every device of a broker at once (80,000 lines when it
+                # goes); the broker's own ticket and log line say it once.
+                level = log.debug if decision.reason is Reason.BECAME_UNKNOWN else log.info
+                level(decision.text, reason=decision.reason.value, **_context(tracked.key))
             else:
                 self.applier.submit(Pending(tracked.key, tracked.name, decision, self._wall()))
         self._note_pending(tracked)

@@ -219,7 +219,7 @@ class PullScheduler:
             return False
         job.busy_skips += 1
         self.busy_checks += 1
-        log.info(
+        log.debug(  # per check: under lasting load, one line each would add to it
             "check not counted: the process was busy",
             subject=str(job.key),
             loop_late=round(lost, 2),

@@ -67,6 +67,7 @@ from tocsin.secrets import SecretError, read_secret
 log = structlog.get_logger("tocsin.probes.mqtt")
 
 SUBSCRIBE_BATCH = 200  # filters per SUBSCRIBE packet
+SUBSCRIBE_IN_FLIGHT = 16  # SUBSCRIBE packets awaiting their SUBACK at once
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
 
@@ -584,13 +585,25 @@ class BrokerMonitor:
             delay = min(delay * 2, broker.reconnect_max.total_seconds())
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
-        for start in range(0, len(self._filters), SUBSCRIBE_BATCH):
-            batch = self._filters[start : start + SUBSCRIBE_BATCH]
-            granted = await client.subscribe([(topic, 1) for topic in batch])
+        """Subscribe to every filter, SUBSCRIBE_IN_FLIGHT packets awaiting their SUBACK at a
+        time: 80,000 heartbeat devices are 400 packets, and one after the other they took
+        longer than the connect timeout on a busy loop."""
+        slots = asyncio.Semaphore(SUBSCRIBE_IN_FLIGHT)
+
+        async def one(batch: list[str]) -> None:
+            async with slots:
+                granted = await client.subscribe([(topic, 1) for topic in batch])
             codes = [c if isinstance(c, int) else int(c.value) for c in granted]
             for topic, code in zip(batch, codes, strict=False):
                 if code >= 0x80:  # SUBACK failure
                     log.warning("mqtt.subscribe_refused", broker=self.broker.name, topic=topic)
+
+        every = self._filters
+        batches = [every[i : i + SUBSCRIBE_BATCH] for i in range(0, len(every), SUBSCRIBE_BATCH)]
+        outcomes = await asyncio.gather(*(one(b) for b in batches), return_exceptions=True)
+        for outcome in outcomes:  # every one waited for, then the first failure raised
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def _connected(self) -> None:
         now = self._clock.at(self._context.monotonic())
