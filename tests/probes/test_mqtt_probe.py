@@ -8,6 +8,8 @@ import contextlib
 import gc
 import signal
 import subprocess
+import threading
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import aiomqtt
 import pytest
 import trustme
+from paho.mqtt import client as paho_client
 from pydantic import ValidationError
 
 from tests.peers import Mosquitto, binary, free_port
@@ -593,3 +596,38 @@ def test_broker_subjects_default_to_the_orgs_of_its_devices(context: ProbeContex
         broker_spec(1883, org="ops"), {CAM: device(status_topic="x")}, lambda k, o: None, context
     )
     assert [str(k) for k in owned.broker_keys] == ["ops/integration/mqtt-broker:site"]
+
+
+async def test_a_backlog_of_messages_is_read_in_one_wake_up_not_one_per_loop_turn(
+    mosquitto: Mosquitto, observations: Observations, context: ProbeContext
+) -> None:
+    """A busy event loop turns slowly; read one message per turn and 80,000 heartbeats a
+    minute fall behind their timeouts. Here the loop is blocked while 300 devices report
+    (from another thread), then given a handful of turns: every report must be in."""
+    keys = [SubjectKey("acme", "device", f"d{i}") for i in range(300)]
+    specs = {key: device(status_topic=f"site/{key.id}/status") for key in keys}
+    monitor = BrokerMonitor(broker_spec(mosquitto), specs, observations, context)
+
+    def report() -> None:
+        client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        try:
+            sent = [client.publish(f"site/{key.id}/status", b"online") for key in keys]
+            for info in sent:
+                info.wait_for_publish(5)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    async with running(monitor):
+        await observations.next(BROKER)
+        await asyncio.sleep(0.3)  # subscribed; the devices have said nothing yet
+        reporter = threading.Thread(target=report)
+        reporter.start()
+        time.sleep(1.0)  # noqa: ASYNC251 - the point: a blocked loop, reports waiting
+        reporter.join(5)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        seen = [key for key in keys if not observations.none_pending(key)]
+        assert len(seen) == 300, f"{len(seen)} of 300 reports read in 20 loop turns"
