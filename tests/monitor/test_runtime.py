@@ -339,6 +339,7 @@ async def test_another_healthy_result_is_saved_rarely_but_a_change_of_health_at_
     assert tracked.dirty
     clocks.advance(3)
     await monitor.save()
-    assert not tracked.dirty and not tracked.stale
+    assert not tracked.dirty
+    assert not tracked.stale
     rows = await states.load(tickets.database.read)
     assert rows[0].health == "failing"
