@@ -61,7 +61,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,7 +82,15 @@ from fleet.daemon import (
     parse_time,
     read_log,
 )
-from fleet.peers import Child, Children, free_port, start_mosquitto, start_snmpd, tcp_ready
+from fleet.peers import (
+    Child,
+    Children,
+    bench_start,
+    free_port,
+    start_mosquitto,
+    start_snmpd,
+    tcp_ready,
+)
 from fleet.procstat import cpu_seconds, load_average, machine_busy_seconds, memory_mib
 from fleet.profile import record_command, summarize
 
@@ -898,19 +905,10 @@ def run_hidden_role(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--role"]:
-        with contextlib.suppress(KeyboardInterrupt):
-            run_hidden_role(argv)
+    begun = bench_start(argv, run_hidden_role, parse_args, "tocsin-fleet-")
+    if begun is None:
         return 0
-    opts = parse_args(argv)
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-fleet-", dir=opts.dir))
-    children = Children(workdir)
-    started = time.time()
+    opts, workdir, children, started = begun
     say(
         f"bench_fleet {'--quick ' if opts.quick else ''}at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,"
         f" {load_average()}, work folder {workdir}"

@@ -47,7 +47,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -61,7 +60,7 @@ import aiohttp
 from fleet import sim
 from fleet.daemon import MQTT_PREFIX, ORG, TOKEN, fleet_config, health_counts
 from fleet.logscan import Entry, LogReader, first_and_last_lines
-from fleet.peers import Child, Children, free_port, start_snmpd, tcp_ready
+from fleet.peers import Child, Children, bench_start, free_port, start_snmpd, tcp_ready
 from fleet.procstat import cpu_seconds, load_average, memory_mib
 from fleet.receiver import receiver
 from fleet.soak import (
@@ -1152,19 +1151,10 @@ def run_hidden_role(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--role"]:
-        with contextlib.suppress(KeyboardInterrupt):
-            run_hidden_role(argv)
+    begun = bench_start(argv, run_hidden_role, parse_args, "tocsin-soak-")
+    if begun is None:
         return 0
-    opts = parse_args(argv)
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-soak-", dir=opts.dir))
-    children = Children(workdir)
-    started = time.time()
+    opts, workdir, children, started = begun
     say(
         f"bench_soak at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: --minutes {opts.minutes:g} "
         f"--subjects {opts.subjects} --seed {opts.seed}, {load_average()}, work folder {workdir}"

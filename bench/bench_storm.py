@@ -43,7 +43,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ import aiohttp
 
 from fleet import storm
 from fleet.logscan import LogReader, first_and_last_lines
-from fleet.peers import Child, Children, free_port, start_mosquitto, tcp_ready
+from fleet.peers import Child, Children, bench_start, free_port, start_mosquitto, tcp_ready
 from fleet.procstat import cpu_seconds, load_average, memory_mib
 from fleet.receiver import bare_posts, receiver
 from fleet.storm import HTTP_ID, ORG, TOKEN, DbWatcher, Seen
@@ -808,19 +807,10 @@ def run_hidden_role(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--role"]:
-        with contextlib.suppress(KeyboardInterrupt):
-            run_hidden_role(argv)
+    begun = bench_start(argv, run_hidden_role, parse_args, "tocsin-storm-")
+    if begun is None:
         return 0
-    opts = parse_args(argv)
-
-    def terminate(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, terminate)
-    workdir = Path(tempfile.mkdtemp(prefix="tocsin-storm-", dir=opts.dir))
-    children = Children(workdir)
-    started = time.time()
+    opts, workdir, children, started = begun
     say(
         f"bench_storm at {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {opts.devices:,} devices, "
         f"{load_average()}, work folder {workdir}"

@@ -16,9 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 PR_SET_PDEATHSIG = 1
 BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "bench_fleet.py"
@@ -191,3 +193,27 @@ def start_snmpd(children: Children, name: str, port: int) -> Child:
     child = children.spawn(name, command, env=env)
     wait_until(lambda: snmp_ready(port, env), name, child)
     return child
+
+
+def bench_start(
+    argv: list[str],
+    run_hidden_role: Callable[[list[str]], None],
+    parse_args: Callable[[list[str]], Any],
+    prefix: str,
+) -> tuple[Any, Path, Children, float] | None:
+    """The start every bench's main() shares. `--role ...` runs a hidden child role (a peer
+    the bench spawned) and gives None; otherwise the parsed options, a fresh work folder
+    (under --dir), its Children and the start time, with SIGTERM turned into
+    KeyboardInterrupt so the bench cleans up."""
+    if argv[:1] == ["--role"]:
+        with contextlib.suppress(KeyboardInterrupt):
+            run_hidden_role(argv)
+        return None
+    opts = parse_args(argv)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=opts.dir))
+    return opts, workdir, Children(workdir), time.time()

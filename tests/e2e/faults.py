@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -169,13 +169,44 @@ def with_store(config: str, database: Path) -> str:
 # -- peers ---------------------------------------------------------------------------------------
 
 
-class Device:
+class _Peer:
+    """An aiohttp server on a free loopback port, its routes from `routes`."""
+
+    _server: TestServer | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        self._server = TestServer(app, host="127.0.0.1")
+        await self._server.start_server()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+
+
+PeerT = TypeVar("PeerT", bound=_Peer)
+
+
+@contextlib.asynccontextmanager
+async def serving(peer: PeerT) -> AsyncIterator[PeerT]:
+    await peer.start()
+    try:
+        yield peer
+    finally:
+        await peer.stop()
+
+
+class Device(_Peer):
     """An HTTP device at /health: `status` is what it answers (200 healthy, 500 failing)."""
 
     def __init__(self) -> None:
         self.status = 200
         self.hits = 0
-        self._server: TestServer | None = None
 
     async def health(self, request: web.Request) -> web.Response:
         self.hits += 1
@@ -186,26 +217,12 @@ class Device:
         assert self._server is not None
         return str(self._server.make_url("/health"))
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
-        self._server = TestServer(app, host="127.0.0.1")
-        await self._server.start_server()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
 
 
-@contextlib.asynccontextmanager
-async def device() -> AsyncIterator[Device]:
-    peer = Device()
-    await peer.start()
-    try:
-        yield peer
-    finally:
-        await peer.stop()
+def device() -> contextlib.AbstractAsyncContextManager[Device]:
+    return serving(Device())
 
 
 @dataclass(frozen=True)
@@ -220,12 +237,11 @@ class Delivery:
     body: bytes
 
 
-class Receiver:
+class Receiver(_Peer):
     """A webhook receiver at /hook that records every request and answers 204."""
 
     def __init__(self) -> None:
         self.received: list[Delivery] = []
-        self._server: TestServer | None = None
 
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -254,26 +270,12 @@ class Receiver:
     async def opened_soon(self) -> list[Delivery]:
         return self.opened()
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/hook", self.hook)
-        self._server = TestServer(app, host="127.0.0.1")
-        await self._server.start_server()
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.close()
-            self._server = None
 
 
-@contextlib.asynccontextmanager
-async def receiver() -> AsyncIterator[Receiver]:
-    peer = Receiver()
-    await peer.start()
-    try:
-        yield peer
-    finally:
-        await peer.stop()
+def receiver() -> contextlib.AbstractAsyncContextManager[Receiver]:
+    return serving(Receiver())
 
 
 class HungReceiver:
