@@ -130,12 +130,9 @@ class Daemon:
         return await self.metrics.render(self.db.read, health, failures)
 
     def readiness(self) -> dict[str, str]:
-        """Besides the store reading: its writes, the monitor watching, every MQTT broker
+        """Besides the store (the API checks it): the monitor watching, every MQTT broker
         connected. Each check is "ok" or what is wrong."""
         checks = {"monitor": "ok" if self.monitor.watching.is_set() else "starting"}
-        cause = self.store.health.cause
-        if cause is not None:
-            checks["store"] = cause
         for name, up in self.monitor.brokers_connected().items():
             checks[f"mqtt:{name}"] = "ok" if up else "disconnected"
         return checks

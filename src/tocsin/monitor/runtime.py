@@ -406,10 +406,9 @@ class HealthMonitor:
         if not dirty:
             return
         now = self.now()
-        snapshot = [(t, t.state) for t in dirty]
         # The rows are built in the writer's thread from the (immutable) states taken here:
         # the event loop goes on handling observations meanwhile.
-        taken = [(t.key, t.name, state) for t, state in snapshot]
+        taken = [(t.key, t.name, t.state) for t in dirty]
 
         def write(conn: Connection) -> None:
             rows = [_state_row(k, n, s, now, json_ready=False) for k, n, s in taken]
@@ -420,10 +419,10 @@ class HealthMonitor:
         try:
             await self._store.writer.run(write)
         except BaseException:
-            for tracked, _ in snapshot:
+            for tracked in dirty:
                 tracked.dirty = True
             raise
-        for tracked, state in snapshot:
+        for tracked, (_, _, state) in zip(dirty, taken, strict=True):
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
 

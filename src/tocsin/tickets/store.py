@@ -208,24 +208,6 @@ class TicketStore:
         more = len(rows) > limit
         return Page(tickets, encode_cursor(tickets[-1].seq) if more and tickets else None)
 
-    async def list_open_for_subject(
-        self, org: str, subject_type: str, subject_id: str
-    ) -> list[Ticket]:
-        """The subject's unresolved tickets, oldest first."""
-        statement = (
-            select(T)
-            .where(
-                T.c.org == org,
-                T.c.subject_type == subject_type,
-                T.c.subject_id == subject_id,
-                T.c.state != State.RESOLVED.value,
-            )
-            .order_by(T.c.seq)
-        )
-        async with self._db.read.connect() as conn:
-            rows = (await conn.execute(statement)).all()
-        return [writes.ticket_from_row(row._mapping) for row in rows]
-
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
         async with self._db.read.connect() as conn:
