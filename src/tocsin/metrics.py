@@ -144,6 +144,7 @@ class Metrics:
             self.deliveries.labels(endpoint, status).set(count)
         self.outbox_backlog.set(max(0, int(newest) - int(fanned)))
 
+
 class Timed:
     """A pull probe that reports each check's result and duration to the metrics."""
 

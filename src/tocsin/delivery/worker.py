@@ -120,9 +120,11 @@ class DeliveryWorker:
                 except StoreClosed:
                     break
                 except (StoreUnavailable, SQLAlchemyError, OSError) as exc:
-                    cause = str(exc) if isinstance(exc, StoreUnavailable) else classify(
-                        exc, self._store.database.sqlite_path
-                    ).cause
+                    cause = (
+                        str(exc)
+                        if isinstance(exc, StoreUnavailable)
+                        else classify(exc, self._store.database.sqlite_path).cause
+                    )
                     if cause != cannot_reach:  # once per cause, not every poll
                         log.warning("webhook delivery cannot reach the store", cause=cause)
                         cannot_reach = cause

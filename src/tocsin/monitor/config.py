@@ -8,7 +8,7 @@ from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,11 @@ class MonitorDefaults(_Model):
     """Pull probes running at once, overall."""
     per_host_concurrency: Annotated[int, Field(ge=1, le=1000)] = 4
     """Pull probes running at once against one host."""
+    pull_probes: Literal["auto", "worker", "inline"] = "auto"
+    """Where pull probes run: "worker", a child process on another core (the daemon's loop
+    keeps the tracker, MQTT, the store and the API); "inline", the daemon's own event loop;
+    "auto", a worker from 2,000 pull subjects on a machine with more than one CPU. Read at
+    start: a reload does not move the probes."""
     push_secret_file: str | None = None
     """The site secret push URLs derive from; default: a file push-secret created beside the
     SQLite database."""

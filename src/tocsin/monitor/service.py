@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import time
@@ -15,10 +14,9 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 from sqlalchemy.engine import make_url
-from yarl import URL
 
 from tocsin.config import Settings
-from tocsin.metrics import Metrics, Timed
+from tocsin.metrics import Metrics
 from tocsin.monitor.config import (
     DeviceConfig,
     Subject,
@@ -27,15 +25,13 @@ from tocsin.monitor.config import (
     windows_for,
 )
 from tocsin.monitor.lag import LoopWatch
+from tocsin.monitor.pulls import InlinePulls, PullRunner, PullSpec
 from tocsin.monitor.runtime import HealthMonitor
-from tocsin.monitor.scheduler import PullScheduler
-from tocsin.probes.base import ProbeContext, PullProbe, Sink
-from tocsin.probes.credentials import CredentialCheck, CredentialCheckSpec
-from tocsin.probes.http import HTTP_RESOURCE, HttpProbe, HttpSpec, make_http_session
+from tocsin.monitor.worker import WorkerPulls
+from tocsin.probes.base import ProbeContext, Sink
 from tocsin.probes.mqtt import BrokerMonitor, BrokerSpec, MqttProbeSpec
 from tocsin.probes.observation import Observation, SubjectKey
 from tocsin.probes.push import PushRegistry, PushSpec, ping_handler
-from tocsin.probes.snmp import SnmpProbe, SnmpSpec, close_snmp_engine
 from tocsin.secrets import read_secret
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth, Windows
@@ -43,6 +39,7 @@ from tocsin.tracker import SubjectHealth, Windows
 log = structlog.get_logger("tocsin.monitor")
 
 _WINDOW_KEYS = tuple(WindowOverrides.model_fields)
+WORKER_FROM = 2_000  # pull subjects from which pull_probes = "auto" means a worker process
 
 
 @dataclass
@@ -85,14 +82,29 @@ class MonitorService:
             wall=wall,
             default_windows=windows_for(defaults, WindowOverrides()),
         )
-        self.scheduler = PullScheduler(
-            self.monitor.observe,
-            max_concurrency=defaults.max_concurrency,
-            per_host=defaults.per_host_concurrency,
-            monotonic=monotonic,
-            wall=wall,
-            lag=self.loop_watch.lost_since,
-        )
+        self.pulls: PullRunner
+        if _in_worker(settings):
+            self.pulls = WorkerPulls(
+                self.monitor.observe,
+                base_dir=settings.base_dir,
+                environ=settings.environ,
+                max_concurrency=defaults.max_concurrency,
+                per_host=defaults.per_host_concurrency,
+                log_level=settings.config.log.level,
+                log_format=settings.config.log.format,
+                metrics=metrics,
+            )
+        else:
+            self.pulls = InlinePulls(
+                self.monitor.observe,
+                self.context,
+                max_concurrency=defaults.max_concurrency,
+                per_host=defaults.per_host_concurrency,
+                metrics=metrics,
+                monotonic=monotonic,
+                wall=wall,
+                lag=self.loop_watch.lost_since,
+            )
         self.monitor.on_health = self._health_changed
         self._retry: dict[SubjectKey, float] = {}  # a failing subject's check interval
         self._push: PushRegistry | None = None
@@ -112,39 +124,37 @@ class MonitorService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the probes and the monitor; return once `stop` is set and all is closed."""
-        config = self.settings.config
-        self.context.resources[HTTP_RESOURCE] = make_http_session(
-            limit=config.monitor.max_concurrency, limit_per_host=config.monitor.per_host_concurrency
-        )
-        try:
-            began = time.monotonic()
-            await self.monitor.restore()
-            async with asyncio.TaskGroup() as group:
-                self._group = group
-                self._sync_probes(self.settings)
+        began = time.monotonic()
+        await self.monitor.restore()
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            self._sync_probes(self.settings)
+            pulls_started = asyncio.Event()
+            tasks = [
+                group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls"),
+                group.create_task(self.monitor.run(), name="tocsin-monitor"),
+                group.create_task(self._expire_push(), name="tocsin-push"),
+            ]
+            await _first(pulls_started.wait(), stop.wait())
+            if not stop.is_set():
                 self.watching.set()
                 log.info(
                     "health monitor started",
                     subjects=len(self.monitor.subjects()),
-                    pull=len(self.scheduler),
+                    pull=len(self.pulls),
+                    pull_probes_in=(
+                        f"worker process {self.pulls.pid}"
+                        if isinstance(self.pulls, WorkerPulls)
+                        else "the daemon"
+                    ),
                     brokers=len(self._brokers),
                     push=len(self._push.subjects()) if self._push else 0,
                     restore_seconds=round(time.monotonic() - began, 2),
                 )
-                tasks = [
-                    group.create_task(self.monitor.run(), name="tocsin-monitor"),
-                    group.create_task(self.scheduler.run(), name="tocsin-scheduler"),
-                    group.create_task(self._expire_push(), name="tocsin-push"),
-                ]
-                await stop.wait()
-                self._group = None
-                for task in tasks + [b.task for b in self._brokers.values() if b.task]:
-                    task.cancel()
-        finally:
-            session = self.context.resources.pop(HTTP_RESOURCE, None)
-            if session is not None:
-                await session.close()
-            await close_snmp_engine(self.context)
+            await stop.wait()
+            self._group = None
+            for task in tasks + [b.task for b in self._brokers.values() if b.task]:
+                task.cancel()
 
     async def apply(self, settings: Settings) -> dict[str, list[str]]:
         """Move the running service to `settings`; return what changed, by subject."""
@@ -154,7 +164,7 @@ class MonitorService:
         wanted = _subjects(settings)
         removed = [key for key in old if key not in wanted]
         for key in removed:
-            self.scheduler.remove(key)
+            self.pulls.remove(key)
             if self._push is not None:
                 self._push.unregister(key)
         await self.monitor.remove(*removed)
@@ -174,7 +184,7 @@ class MonitorService:
         self._retry.clear()
         shared: dict[tuple[object, ...], Windows] = {}  # 100,000 subjects, a few distinct windows
         for key, subject in self._subjects.items():
-            spec = subject.probe if isinstance(subject, DeviceConfig) else subject.check
+            spec = _spec(subject)
             looks = not isinstance(spec, MqttProbeSpec | PushSpec)  # pulls, not time-based
             own = (looks, *(getattr(subject, name) for name in _WINDOW_KEYS))
             windows = shared.get(own)
@@ -190,7 +200,7 @@ class MonitorService:
         """A failing subject is looked at more often, until it is up or ticketed."""
         retry = self._retry.get(key)
         if retry is not None:
-            self.scheduler.retry(key, retry if health is SubjectHealth.FAILING else None)
+            self.pulls.retry(key, retry if health is SubjectHealth.FAILING else None)
 
     def _sync_probes(self, settings: Settings) -> set[SubjectKey]:
         """Start what is new or changed since the last sync; return the subjects touched."""
@@ -198,7 +208,7 @@ class MonitorService:
         touched: set[SubjectKey] = set()
         devices: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
         for key, subject in self._subjects.items():
-            spec = subject.probe if isinstance(subject, DeviceConfig) else subject.check
+            spec = _spec(subject)
             if isinstance(spec, MqttProbeSpec):
                 devices.setdefault(spec.broker, {})[key] = spec
                 continue
@@ -209,20 +219,17 @@ class MonitorService:
             self._probes[key] = spec
             self._intervals[key] = interval
             if isinstance(spec, PushSpec):
-                self.scheduler.remove(key)
+                self.pulls.remove(key)
                 self._register_push(key, spec)
             else:
                 if self._push is not None:
                     self._push.unregister(key)
-                self._schedule(key, spec, interval)
+                self.pulls.add(key, spec, interval)
         for key in [k for k in self._probes if k not in self._subjects]:
             del self._probes[key]
             self._intervals.pop(key, None)
         touched |= self._sync_brokers(settings, devices)
         return touched
-
-    def _timed(self, probe: PullProbe, probe_type: str) -> PullProbe:
-        return probe if self.metrics is None else Timed(probe, probe_type, self.metrics)
 
     def _counted(self, probe_type: str) -> Sink:
         """The monitor's sink, counting push-style observations (MQTT, push) on the way."""
@@ -238,33 +245,6 @@ class MonitorService:
 
     def brokers_connected(self) -> dict[str, bool]:
         return {name: b.monitor.connected for name, b in self._brokers.items()}
-
-    def _schedule(self, key: SubjectKey, spec: object, interval: float) -> None:
-        if isinstance(spec, HttpSpec):
-            self.scheduler.add(
-                key,
-                self._timed(HttpProbe(spec, self.context), "http"),
-                timeout=spec.timeout.total_seconds(),
-                interval=interval,
-                host=_host(spec.url),
-            )
-        elif isinstance(spec, SnmpSpec):
-            self.scheduler.add(
-                key,
-                self._timed(SnmpProbe(spec, self.context), "snmp"),
-                timeout=spec.deadline,
-                interval=interval,
-                host=spec.host,
-            )
-        elif isinstance(spec, CredentialCheckSpec):
-            self.scheduler.add(
-                key,
-                self._timed(CredentialCheck(spec, self.context), "credentials"),
-                timeout=spec.timeout.total_seconds(),
-                interval=None if spec.cron else interval,
-                cron=spec.cron,
-                host=_host(spec.url),
-            )
 
     def _register_push(self, key: SubjectKey, spec: PushSpec) -> None:
         if self._push is None:
@@ -346,10 +326,28 @@ def _subjects(settings: Settings) -> dict[SubjectKey, Subject]:
     return {s.key: s for s in subjects}
 
 
-def _host(url: str) -> str | None:
-    with contextlib.suppress(ValueError):
-        return URL(url).host
-    return None
+def _spec(subject: Subject) -> PullSpec | MqttProbeSpec | PushSpec:
+    return subject.probe if isinstance(subject, DeviceConfig) else subject.check
+
+
+def _in_worker(settings: Settings) -> bool:
+    """Whether the pull probes run in a worker process ([monitor] pull_probes)."""
+    where = settings.config.monitor.pull_probes
+    if where != "auto":
+        return where == "worker"
+    subjects: list[Subject] = [*settings.config.devices, *settings.config.integrations]
+    pulls = sum(not isinstance(_spec(s), MqttProbeSpec | PushSpec) for s in subjects)
+    return pulls >= WORKER_FROM and (os.cpu_count() or 1) > 1
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Wait until the first of `waits` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def push_secret(settings: Settings) -> bytes:

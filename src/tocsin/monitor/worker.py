@@ -1,0 +1,285 @@
+"""Pull probes in a worker process: the daemon's event loop keeps the tracker, the store, MQTT
+and the API; the worker, on the other core, runs the pull scheduler and its probes.
+
+The two talk over a socketpair in frames (a 4-byte length, then a pickle; both ends are this
+same program). The daemon sends `hello` (context and limits), then `add`, `remove` and `retry`
+as the config and subjects' health change; the worker sends `started` once its first schedule
+is in, then `results` in batches: (subject, observation, when the check began, its seconds).
+Both use the system's monotonic clock, which is one clock across processes.
+
+The worker measures its own event loop, so a check spoiled by a busy worker is not counted,
+exactly as inline. It ignores SIGINT/SIGTERM (systemd sends them to the whole unit, the
+terminal to the whole group) and exits when the daemon closes the socket, or dies. A worker
+that exits unasked is started again, its whole schedule sent again, after a pause that doubles
+up to 30 s while it keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tocsin import logs
+from tocsin.metrics import Metrics
+from tocsin.monitor.lag import LoopWatch
+from tocsin.monitor.pulls import PullSpec, probe_type, run_scheduler, schedule
+from tocsin.monitor.scheduler import PullScheduler, ResultSink
+from tocsin.probes.base import ProbeContext
+from tocsin.probes.observation import Observation, SubjectKey
+
+log = structlog.get_logger("tocsin.monitor")
+
+_LENGTH = struct.Struct(">I")
+ADD_BATCH = 2_000  # specs per `add` frame when the whole schedule is sent
+STOP_SECONDS = 5.0  # how long a stopping worker may take before it is killed
+MAX_BACKOFF = 30.0
+HEALTHY_RUN = 60.0  # a worker that ran this long before exiting restarts without a pause
+
+
+def _write(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(_LENGTH.pack(len(data)) + data)
+
+
+async def _read(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
+    """The next frame, or None at the end of the stream."""
+    try:
+        head = await reader.readexactly(_LENGTH.size)
+        (size,) = _LENGTH.unpack(head)
+        message: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return message
+
+
+class WorkerPulls:
+    """The daemon's side: the schedule it wants, mirrored into a worker process."""
+
+    def __init__(
+        self,
+        sink: ResultSink,
+        *,
+        base_dir: Path | None,
+        environ: Mapping[str, str],
+        max_concurrency: int,
+        per_host: int,
+        log_level: str = "info",
+        log_format: str = "auto",
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._sink = sink
+        self.metrics = metrics
+        self.hello = {
+            "base_dir": base_dir,
+            "environ": dict(environ),
+            "max_concurrency": max_concurrency,
+            "per_host": per_host,
+            "log_level": log_level,
+            "log_format": log_format,
+        }
+        self._specs: dict[SubjectKey, tuple[PullSpec, float]] = {}
+        self._retries: dict[SubjectKey, float] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._outbox: list[tuple[Any, ...]] = []
+        self.pid: int | None = None
+        self.starts = 0  # worker processes started, restarts included
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def add(self, key: SubjectKey, spec: PullSpec, interval: float) -> None:
+        self._specs[key] = (spec, interval)
+        self._retries.pop(key, None)
+        self._send(("add", [(key, spec, interval)]))
+
+    def remove(self, key: SubjectKey) -> None:
+        if self._specs.pop(key, None) is not None:
+            self._retries.pop(key, None)
+            self._send(("remove", [key]))
+
+    def retry(self, key: SubjectKey, every: float | None) -> None:
+        if key not in self._specs or self._retries.get(key) == every:
+            return
+        if every is None:
+            self._retries.pop(key, None)
+        else:
+            self._retries[key] = every
+        self._send(("retry", [(key, every)]))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        """Queue a command; everything queued in one loop turn goes out as one write."""
+        if self._writer is None:
+            return  # the whole schedule is sent when the worker (re)starts
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(message)
+
+    def _flush(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if self._writer is not None and batch:
+            _write(self._writer, ("batch", batch))
+
+    async def run(self, started: asyncio.Event) -> None:
+        pause = 1.0
+        try:
+            while True:
+                began = time.monotonic()
+                code = await self._serve(started)
+                started.set()  # a worker that cannot start must not hold readiness forever
+                if time.monotonic() - began >= HEALTHY_RUN:
+                    pause = 1.0
+                log.error(
+                    "probe worker exited; starting it again",
+                    exit_code=code,
+                    in_seconds=pause,
+                    pull_subjects=len(self._specs),
+                )
+                await asyncio.sleep(pause)
+                pause = min(MAX_BACKOFF, pause * 2)
+        finally:
+            started.set()
+
+    async def _serve(self, started: asyncio.Event) -> int | None:
+        """One worker process, from spawn to exit; return its exit code."""
+        ours, theirs = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tocsin.monitor.worker",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            ours.close()
+            log.error("probe worker could not start", error=str(exc))
+            return None
+        finally:
+            theirs.close()
+        self.pid, self.starts = process.pid, self.starts + 1
+        writer: asyncio.StreamWriter | None = None
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+            _write(writer, ("hello", self.hello))
+            specs = [(key, spec, interval) for key, (spec, interval) in self._specs.items()]
+            for at in range(0, len(specs), ADD_BATCH):
+                _write(writer, ("add", specs[at : at + ADD_BATCH]))
+            _write(writer, ("retry", list(self._retries.items())))
+            _write(writer, ("go",))
+            self._writer, self._outbox = writer, []
+            while (message := await _read(reader)) is not None:
+                if message[0] == "results":
+                    self._deliver(message[1])
+                elif message[0] == "started":
+                    started.set()
+            return await process.wait()
+        finally:
+            self._writer = None
+            if writer is not None:
+                writer.close()
+            else:
+                ours.close()
+            if process.returncode is None:
+                try:
+                    async with asyncio.timeout(STOP_SECONDS):
+                        await process.wait()
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+    def _deliver(self, results: list[tuple[SubjectKey, Observation, float, float]]) -> None:
+        for key, observation, began, seconds in results:
+            known = self._specs.get(key)
+            if known is None:
+                continue  # removed while its check ran
+            if self.metrics is not None:
+                self.metrics.observed(probe_type(known[0]), observation, seconds)
+            self._sink(key, observation, began)
+
+
+async def serve(sock: socket.socket) -> None:
+    """The worker's side: run the schedule the daemon sends until it closes the socket."""
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    hello = await _read(reader)
+    if hello is None or hello[0] != "hello":
+        return
+    options: dict[str, Any] = hello[1]
+    logs.configure(options["log_level"], options["log_format"])
+    context = ProbeContext(base_dir=options["base_dir"], environ=options["environ"])
+    watch = LoopWatch()
+    loop = asyncio.get_running_loop()
+    pending: list[tuple[SubjectKey, Observation, float, float]] = []
+
+    def flush() -> None:
+        batch = pending.copy()
+        pending.clear()
+        _write(writer, ("results", batch))
+
+    def sink(key: SubjectKey, observation: Observation, began: float) -> None:
+        if not pending:
+            loop.call_soon(flush)
+        pending.append((key, observation, began, time.monotonic() - began))
+
+    scheduler = PullScheduler(
+        sink,
+        max_concurrency=options["max_concurrency"],
+        per_host=options["per_host"],
+        lag=watch.lost_since,
+    )
+
+    def handle(message: tuple[Any, ...]) -> None:
+        match message:
+            case ("add", items):
+                for key, spec, interval in items:
+                    schedule(scheduler, key, spec, interval, context)
+            case ("remove", keys):
+                for key in keys:
+                    scheduler.remove(key)
+            case ("retry", items):
+                for key, every in items:
+                    scheduler.retry(key, every)
+            case ("batch", messages):
+                for each in messages:
+                    handle(each)
+            case ("go",):
+                gc.collect()
+                gc.freeze()  # the schedule lives as long as the worker: keep it out of the GC
+                _write(writer, ("started", len(scheduler)))
+
+    limits = {"max_concurrency": options["max_concurrency"], "per_host": options["per_host"]}
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(run_scheduler(scheduler, context, **limits)),
+            group.create_task(watch.run()),
+        ]
+        while (message := await _read(reader)) is not None:
+            handle(message)
+        for task in tasks:
+            task.cancel()
+    writer.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us by closing the socket
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(args[0]))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(sock))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""Pull probes in a worker process (tocsin.monitor.worker): real child processes, a real
+aiohttp device; results come back to the daemon's sink, the schedule follows add/remove, a
+killed worker is started again with its whole schedule, and stopping leaves no process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tocsin.metrics import Metrics
+from tocsin.monitor.worker import WorkerPulls
+from tocsin.probes.http import HttpSpec
+from tocsin.probes.observation import Health, Observation, SubjectKey
+
+INTERVAL = 0.2
+
+
+class Device:
+    def __init__(self) -> None:
+        self.ok = True
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ok else 503)
+
+
+@pytest.fixture
+async def device() -> AsyncIterator[tuple[Device, str]]:
+    state = Device()
+    app = web.Application()
+    app.router.add_get("/health", state.health)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield state, str(server.make_url("/health"))
+    await server.close()
+
+
+def key(n: int) -> SubjectKey:
+    return SubjectKey("acme", "device", f"cam-{n}")
+
+
+def spec(url: str) -> HttpSpec:
+    return HttpSpec.model_validate({"type": "http", "url": url, "timeout": "1s"})
+
+
+Seen = list[tuple[SubjectKey, Observation, float]]
+
+
+def pulls_into(seen: Seen, metrics: Metrics | None = None) -> WorkerPulls:
+    return WorkerPulls(
+        lambda k, o, at: seen.append((k, o, at)),
+        base_dir=None,
+        environ={},
+        max_concurrency=16,
+        per_host=16,
+        log_format="json",
+        metrics=metrics,
+    )
+
+
+async def until(check: Callable[[], bool], within: float = 15.0, what: str = "it") -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"{what} not within {within} s"
+        await asyncio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextlib.asynccontextmanager
+async def running(pulls: WorkerPulls) -> AsyncIterator[asyncio.Event]:
+    started = asyncio.Event()
+    task = asyncio.create_task(pulls.run(started))
+    try:
+        async with asyncio.timeout(20):
+            await started.wait()
+        yield started
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_results_come_back_and_follow_the_schedule(device: tuple[Device, str]) -> None:
+    state, url = device
+    seen: Seen = []
+    metrics = Metrics()
+    pulls = pulls_into(seen, metrics)
+    pulls.add(key(1), spec(url), INTERVAL)  # before the worker runs: sent when it starts
+    async with running(pulls):
+        assert pulls.pid is not None
+        assert pulls.pid != os.getpid()
+        assert alive(pulls.pid)
+        await until(lambda: any(k == key(1) for k, _, _ in seen), what="a first result")
+        before = time.monotonic()
+        assert all(o.health is Health.HEALTHY and at <= before for _, o, at in seen)
+
+        pulls.add(key(2), spec(url), INTERVAL)  # while it runs
+        state.ok = False
+        await until(
+            lambda: {k for k, o, _ in seen if o.health is Health.UNHEALTHY} == {key(1), key(2)},
+            what="both unhealthy",
+        )
+        failed = next(o for k, o, _ in seen if o.health is Health.UNHEALTHY)
+        assert "503" in failed.detail
+
+        pulls.remove(key(1))
+        await asyncio.sleep(INTERVAL * 2)  # a check in flight may still land ...
+        count = len(seen)
+        await asyncio.sleep(INTERVAL * 4)  # ... then only key 2 is looked at
+        assert {k for k, _, _ in seen[count:]} == {key(2)}
+        assert len(pulls) == 1
+    runs = metrics.probe_runs.labels("http")._value.get()
+    assert runs == len(seen)  # recorded in the daemon's metrics, as inline
+
+
+async def test_a_killed_worker_is_started_again_with_its_schedule(
+    device: tuple[Device, str],
+) -> None:
+    _, url = device
+    seen: Seen = []
+    pulls = pulls_into(seen)
+    for n in range(3):
+        pulls.add(key(n), spec(url), INTERVAL)
+    async with running(pulls):
+        first = pulls.pid
+        assert first is not None
+        await until(lambda: {k for k, _, _ in seen} == {key(0), key(1), key(2)}, what="all")
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: pulls.starts == 2, what="a second worker")
+        assert pulls.pid != first
+        count = len(seen)
+        await until(lambda: {k for k, _, _ in seen[count:]} == {key(0), key(1), key(2)})
+    assert not alive(first)
+
+
+async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
+    device: tuple[Device, str],
+) -> None:
+    _, url = device
+    seen: Seen = []
+    pulls = pulls_into(seen)
+    pulls.add(key(1), spec(url), INTERVAL)
+    async with running(pulls):
+        pid = pulls.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)  # systemd signals the whole unit: the daemon stops it
+        count = len(seen)
+        await until(lambda: len(seen) > count + 2, what="results after SIGTERM")
+        assert pulls.starts == 1
+        assert alive(pid)
+        began = time.monotonic()
+    await until(lambda: not alive(pid), within=2.0, what="the worker gone")
+    assert time.monotonic() - began < 2.0
