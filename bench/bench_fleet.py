@@ -91,7 +91,13 @@ from fleet.peers import (
     start_snmpd,
     tcp_ready,
 )
-from fleet.procstat import cpu_seconds, load_average, machine_busy_seconds, memory_mib
+from fleet.procstat import (
+    children_of,
+    cpu_seconds,
+    load_average,
+    machine_busy_seconds,
+    memory_mib,
+)
 from fleet.profile import record_command, summarize
 
 # The bare loops on this machine, per shared/reference/peers-and-libraries.md.
@@ -420,6 +426,10 @@ class FleetRun:
     log_levels: Counter[str] = field(default_factory=Counter)
     log_others: Counter[str] = field(default_factory=Counter)
     profile: str | None = None
+    worker_profile: str | None = None
+    worker: int | None = None  # the daemon's probe worker process, when it has one
+    worker_rss_at_start: float = 0.0
+    worker_hwm: float = 0.0
 
 
 async def sampler(
@@ -502,6 +512,7 @@ async def fleet_phase(
         max_concurrency=opts.max_concurrency,
         per_host=opts.per_host,
         event_loop=opts.event_loop,
+        pull_probes=opts.pull_probes,
     )
     config = workdir / "fleet.toml"
     config.write_text(text)
@@ -540,17 +551,24 @@ async def fleet_phase(
     log = workdir / "daemon.log"
     run.started_at = await wait_started(daemon, log, deadline=180)
     run.rss_at_start = memory_mib(daemon.pid) or 0.0
+    run.worker = next(iter(children_of(daemon.pid)), None)
+    if run.worker is not None:
+        run.worker_rss_at_start = memory_mib(run.worker) or 0.0
+        say(f"fleet: the daemon's probe worker is pid {run.worker}")
     say(
         f"fleet: daemon pid {daemon.pid}, monitor started {run.started_at - run.spawned_at:.1f} s "
         f"after spawn, VmRSS {run.rss_at_start:.0f} MiB; warm-up {opts.warmup:g} s"
     )
     base = f"http://127.0.0.1:{listen}"
     others = {**peers.pids(), "heartbeats": publisher.pid, "bench": os.getpid()}
+    if run.worker is not None:
+        others[WORKER] = run.worker
     stop_sampling = asyncio.Event()
     sampling = asyncio.create_task(
         sampler(run, daemon.pid, others, opts.sample_every, stop_sampling)
     )
     profiler: Child | None = None
+    worker_profiler: Child | None = None
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
         async with aiohttp.ClientSession(headers=headers) as session:
@@ -561,6 +579,11 @@ async def fleet_phase(
                 profiler = children.spawn(
                     "py-spy", record_command(daemon.pid, opts.profile, output)
                 )
+                if run.worker is not None:
+                    worker_profiler = children.spawn(
+                        "py-spy-worker",
+                        record_command(run.worker, opts.profile, workdir / "worker.pyspy.txt"),
+                    )
             await sleep_until(window_start + opts.inject_after)
             run.health_before = health_counts(db)
             await inject(opts, run, fleet, peers, control_port, session, rng)
@@ -592,11 +615,14 @@ async def fleet_phase(
         stop_sampling.set()
         await sampling
         run.hwm = memory_mib(daemon.pid, "VmHWM") or 0.0
+        if run.worker is not None:
+            run.worker_hwm = memory_mib(run.worker, "VmHWM") or 0.0
         stopping = time.monotonic()
         run.exit_code = daemon.stop(signal.SIGTERM, timeout=30)
         run.stop_seconds = time.monotonic() - stopping
-        if profiler is not None:
-            profiler.stop(signal.SIGINT, timeout=10)
+        for each in (profiler, worker_profiler):
+            if each is not None:
+                each.stop(signal.SIGINT, timeout=10)
 
     by_subject = {f.subject: f for f in run.failures}
     for ticket in tickets:
@@ -612,6 +638,8 @@ async def fleet_phase(
     run.log_levels, run.log_others = daemon_log.levels, daemon_log.others
     if opts.profile:
         run.profile = summarize(workdir / "daemon.pyspy.txt")
+        if run.worker is not None:
+            run.worker_profile = summarize(workdir / "worker.pyspy.txt")
     return run
 
 
@@ -669,6 +697,9 @@ def cpu_figures(samples: list[Sample], start: float, end: float) -> tuple[float,
                 tens.append(100 * (b.daemon_cpu - a.daemon_cpu) / (b.at - a.at))
                 break
     return avg, max(steps), max(tens) if tens else float("nan")
+
+
+WORKER = "probe worker"
 
 
 def others_cpu(samples: list[Sample], start: float, end: float) -> tuple[dict[str, float], float]:
@@ -741,6 +772,37 @@ def report(
                 run.hwm * 1.048576 < opts.target_rss_mb,
             )
         )
+        if run.worker is not None:
+            worker = shares.get(WORKER, float("nan"))
+            say(
+                f"probe worker: CPU avg {worker:.1f}% of one core; VmRSS "
+                f"{run.worker_rss_at_start:.0f} MiB at start, VmHWM {run.worker_hwm:.0f} MiB"
+            )
+            checks.append(
+                Check(
+                    "probe worker CPU, average",
+                    f"{worker:.1f}% of a core",
+                    f"< {opts.target_cpu:g}%",
+                    worker < opts.target_cpu,
+                )
+            )
+            checks.append(
+                Check(
+                    "probe worker RSS, peak (VmHWM)",
+                    f"{run.worker_hwm * 1.048576:.0f} MB",
+                    f"< {opts.target_rss_mb:g} MB",
+                    run.worker_hwm * 1.048576 < opts.target_rss_mb,
+                )
+            )
+            checks.append(
+                Check(
+                    "daemon + worker: CPU avg, RSS peaks summed",
+                    f"{avg + worker:.1f}% of a core, "
+                    f"{(run.hwm + run.worker_hwm) * 1.048576:.0f} MB",
+                    "",
+                    None,
+                )
+            )
         say()
         say("health before the failures (subject_states): " + health_text(run.health_before))
         say("health at the end:                            " + health_text(run.health_after))
@@ -797,6 +859,10 @@ def report(
             say()
             say("== py-spy profile of the daemon ==")
             say(run.profile)
+        if run.worker_profile:
+            say()
+            say("== py-spy profile of the probe worker ==")
+            say(run.worker_profile)
     if capacity is not None:
         say()
         say("== capacity: probe classes beside bare library loops, same run ==")

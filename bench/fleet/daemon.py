@@ -57,6 +57,7 @@ def fleet_config(
     max_concurrency: int,
     per_host: int,
     event_loop: str = "asyncio",
+    pull_probes: str = "auto",
 ) -> tuple[str, Fleet]:
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [
@@ -73,6 +74,7 @@ def fleet_config(
         f'debounce = "{debounce:g}s"',
         f"max_concurrency = {max_concurrency}",
         f"per_host_concurrency = {per_host}",
+        f'pull_probes = "{pull_probes}"',
         "[[orgs]]",
         f'slug = "{ORG}"',
         'name = "Fleet benchmark"',

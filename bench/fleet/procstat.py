@@ -19,6 +19,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
+def children_of(pid: int) -> list[int]:
+    """The process's children (of every thread), from /proc/PID/task/*/children."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        return found
+    return found
+
+
 def memory_mib(pid: int, key: str = "VmRSS") -> float | None:
     """A /proc/PID/status size (VmRSS, VmHWM, ...) in MiB."""
     try:
