@@ -194,6 +194,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--sched-duration", type=float, help="s (10)")
     add("--skip-capacity", action="store_true")
     add("--skip-fleet", action="store_true")
+    add(
+        "--pull-probes",
+        choices=["auto", "worker", "inline"],
+        default="auto",
+        help="the daemon's [monitor] pull_probes (auto: a worker from 2,000 pull subjects)",
+    )
     parser.add_argument(
         "--event-loop",
         choices=["auto", "uvloop", "asyncio"],
