@@ -56,6 +56,7 @@ from fleet import storm
 from fleet.logscan import LogReader, first_and_last_lines
 from fleet.peers import Child, Children, bench_start, free_port, start_mosquitto, tcp_ready
 from fleet.procstat import cpu_seconds, load_average, memory_mib
+from fleet.profile import record_command, summarize
 from fleet.receiver import bare_posts, receiver
 from fleet.storm import HTTP_ID, ORG, TOKEN, DbWatcher, Seen
 
@@ -88,6 +89,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--target-ticket", type=float, default=2.0, help="s after the debounce, each ticket (2)")
     add("--target-webhook", type=float, default=5.0, help="s after the debounce, last webhook (5)")
     add("--target-http", type=float, default=1.0, help="s the HTTP delay may grow in the storm")
+    add(
+        "--profile",
+        type=int,
+        metavar="SECONDS",
+        help="py-spy the daemon for SECONDS from just before the storm",
+    )
     add("--dir", type=Path, help="parent of the temporary folder")
     add("--keep", action="store_true", help="keep the temporary folder (logs, config, db)")
     opts = parser.parse_args(argv)
@@ -185,6 +192,7 @@ class Run:
     finished_at: float = 0.0
     timed_out: bool = False
     hwm: float = 0.0
+    profile: str | None = None
     exit_code: int | None = None
     stop_seconds: float = 0.0
     db_missing_trigger: int = 0
@@ -366,6 +374,7 @@ async def storm_phase(
     run.monitor_started = await wait_monitor_started(daemon, log, opts.start_timeout)
     base = f"http://127.0.0.1:{listen}"
     stop = asyncio.Event()
+    profiler: Child | None = None
     watcher = DbWatcher(db)
     run.watcher = watcher
     tasks = [
@@ -397,6 +406,12 @@ async def storm_phase(
             await asyncio.sleep(1.0)
             before = set(watcher.tickets)
 
+            if opts.profile:
+                profiler = children.spawn(
+                    "py-spy",
+                    record_command(daemon.pid, opts.profile, workdir / "daemon.pyspy.txt"),
+                )
+                await asyncio.sleep(1.0)  # py-spy attached
             say(f"storm: publishing 'offline' for {opts.devices:,} devices ({load_average()})")
             # The HTTP device fails right after the last write, from the publishing thread.
             run.published, run.t0, failed_at = await asyncio.to_thread(
@@ -463,6 +478,9 @@ async def storm_phase(
         stop.set()
         await asyncio.gather(*tasks)
         run.hwm = memory_mib(daemon.pid, "VmHWM") or 0.0
+        if profiler is not None:
+            profiler.stop(signal.SIGINT, timeout=opts.profile + 10)
+            run.profile = summarize(workdir / "daemon.pyspy.txt")
         stopping = time.monotonic()
         run.exit_code = daemon.stop(signal.SIGTERM, timeout=60)
         run.stop_seconds = time.monotonic() - stopping
@@ -790,6 +808,10 @@ def report(opts: argparse.Namespace, run: Run) -> list[Row]:
     )
     if run.unexpected:
         rows.append(Row("unexpected tickets", ", ".join(run.unexpected[:5]), "none", "", "", False))
+    if run.profile:
+        say()
+        say("== py-spy profile of the daemon, from just before the storm ==")
+        say(run.profile)
     return rows
 
 

@@ -85,6 +85,9 @@ def alive(pid: int) -> bool:
 async def running(pulls: WorkerPulls) -> AsyncIterator[asyncio.Event]:
     started = asyncio.Event()
     task = asyncio.create_task(pulls.run(started))
+    await asyncio.sleep(0.5)
+    assert not started.is_set()  # the process may start, but checks wait for go()
+    pulls.go()
     try:
         async with asyncio.timeout(20):
             await started.wait()

@@ -37,8 +37,12 @@ class PullRunner(Protocol):
 
     def retry(self, key: SubjectKey, every: float | None) -> None: ...
 
+    def go(self) -> None:
+        """The first schedule is in (after the monitor restored its state): start checking."""
+
     async def run(self, started: asyncio.Event) -> None:
-        """Run until cancelled; set `started` once the probes are scheduled."""
+        """Run until cancelled (it may start before `go`, to get ready); set `started` once
+        the probes are scheduled and checking."""
         ...
 
 
@@ -128,6 +132,7 @@ class InlinePulls:
         self.context = context
         self.metrics = metrics
         self._limits = (max_concurrency, per_host)
+        self._go = asyncio.Event()
         self.scheduler = PullScheduler(
             sink,
             max_concurrency=max_concurrency,
@@ -149,7 +154,11 @@ class InlinePulls:
     def retry(self, key: SubjectKey, every: float | None) -> None:
         self.scheduler.retry(key, every)
 
+    def go(self) -> None:
+        self._go.set()
+
     async def run(self, started: asyncio.Event) -> None:
+        await self._go.wait()
         started.set()
         limit, per_host = self._limits
         await run_scheduler(self.scheduler, self.context, max_concurrency=limit, per_host=per_host)

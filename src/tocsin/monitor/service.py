@@ -125,13 +125,14 @@ class MonitorService:
     async def run(self, stop: asyncio.Event) -> None:
         """Start the probes and the monitor; return once `stop` is set and all is closed."""
         began = time.monotonic()
-        await self.monitor.restore()
         async with asyncio.TaskGroup() as group:
+            pulls_started = asyncio.Event()
+            tasks = [group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls")]
+            await self.monitor.restore()
             self._group = group
             self._sync_probes(self.settings)
-            pulls_started = asyncio.Event()
-            tasks = [
-                group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls"),
+            self.pulls.go()
+            tasks += [
                 group.create_task(self.monitor.run(), name="tocsin-monitor"),
                 group.create_task(self._expire_push(), name="tocsin-push"),
             ]

@@ -93,6 +93,7 @@ class WorkerPulls:
         self._retries: dict[SubjectKey, float] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[tuple[Any, ...]] = []
+        self._go = asyncio.Event()
         self.pid: int | None = None
         self.starts = 0  # worker processes started, restarts included
 
@@ -117,6 +118,9 @@ class WorkerPulls:
         else:
             self._retries[key] = every
         self._send(("retry", [(key, every)]))
+
+    def go(self) -> None:
+        self._go.set()
 
     def _send(self, message: tuple[Any, ...]) -> None:
         """Queue a command; everything queued in one loop turn goes out as one write."""
@@ -173,6 +177,7 @@ class WorkerPulls:
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(sock=ours)
+            await self._go.wait()  # the process starts (imports) while the daemon restores
             _write(writer, ("hello", self.hello))
             specs = [(key, spec, interval) for key, (spec, interval) in self._specs.items()]
             for at in range(0, len(specs), ADD_BATCH):
