@@ -26,6 +26,9 @@ from typing import Annotated, Any, Literal
 import structlog
 from pyasn1.type import univ  # type: ignore[import-untyped]
 from pydantic import Field, field_validator, model_validator
+from pysnmp.carrier.asyncio.dgram.udp import (  # type: ignore[import-untyped]
+    UdpAsyncioTransport,
+)
 from pysnmp.error import PySnmpError  # type: ignore[import-untyped]
 from pysnmp.hlapi.v3arch.asyncio import (  # type: ignore[import-untyped]
     USM_AUTH_HMAC96_SHA,
@@ -223,6 +226,38 @@ def format_uptime(ticks: int) -> str:
     return f"{minutes}m {seconds}s" if minutes else f"{seconds}s"
 
 
+DRAIN_DATAGRAMS = 256  # answers read per wake-up of the engine's UDP socket, at most
+
+
+class _DrainingUdp(UdpAsyncioTransport):  # type: ignore[misc]
+    """pysnmp's UDP transport, reading every answer waiting on the socket per wake-up.
+
+    asyncio's datagram transport reads one datagram per event-loop turn. All SNMP probes share
+    one engine and so one socket: on a loop that also runs thousands of other checks, answers
+    then arrive faster than one per turn, queue in the kernel's receive buffer (~200 KB, some
+    200 answers) and past that are dropped, and checks of healthy agents time out. Measured at
+    10,000 SNMP subjects: some 6 % of checks failed so, 12,000 datagrams dropped in 5 minutes.
+    """
+
+    def datagram_received(self, datagram: bytes, address: Any) -> None:
+        super().datagram_received(datagram, address)
+        sock = getattr(self.transport, "_sock", None)  # asyncio's selector transport (not uvloop)
+        if sock is None:
+            return
+        for _ in range(DRAIN_DATAGRAMS):
+            try:
+                datagram, address = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # the transport's own next read reports it
+            super().datagram_received(datagram, address)
+
+
+class _DrainingTarget(UdpTransportTarget):  # type: ignore[misc]
+    PROTO_TRANSPORT = _DrainingUdp
+
+
 class SnmpProbe:
     """A PullProbe for one SNMP agent. Secrets are read here, at construction (SecretError);
     `check` never raises but CancelledError and returns within `spec.deadline`."""
@@ -331,7 +366,7 @@ class SnmpProbe:
         now = self._context.monotonic()
         if self._cached_target is None or now - self._cached_target[0] > TARGET_TTL:
             try:
-                target = await UdpTransportTarget.create(
+                target = await _DrainingTarget.create(
                     (self.spec.host, self.spec.port),
                     timeout=self.spec.timeout.total_seconds(),
                     retries=self.spec.retries,
