@@ -97,6 +97,7 @@ from fleet.procstat import (
     load_average,
     machine_busy_seconds,
     memory_mib,
+    udp_receive_errors,
 )
 from fleet.profile import record_command, summarize
 
@@ -436,6 +437,7 @@ class FleetRun:
     worker: int | None = None  # the daemon's probe worker process, when it has one
     worker_rss_at_start: float = 0.0
     worker_hwm: float = 0.0
+    udp_drops: int = 0  # datagrams dropped for a full receive buffer in the window
 
 
 async def sampler(
@@ -580,6 +582,7 @@ async def fleet_phase(
         async with aiohttp.ClientSession(headers=headers) as session:
             window_start = run.started_at + opts.warmup
             await sleep_until(window_start)
+            udp_before = udp_receive_errors()
             if opts.profile:
                 output = workdir / "daemon.pyspy.txt"
                 profiler = children.spawn(
@@ -611,6 +614,7 @@ async def fleet_phase(
                     raise SystemExit(f"the daemon died:\n{tail(log)}")
                 await asyncio.sleep(2)
             run.window = (window_start, time.time())
+            run.udp_drops = udp_receive_errors() - udp_before
             tickets = await api_tickets(session, base)
             run.health_after = health_counts(db)
             async with session.get(f"http://127.0.0.1:{control_port}/control/stats") as r:
@@ -761,6 +765,7 @@ def report(
             f"{rss:.0f} MiB sampled, VmHWM (peak) {run.hwm:.0f} MiB = {run.hwm * 1.048576:.0f} MB"
         )
         say(f"daemon stop: exit {run.exit_code} after {run.stop_seconds:.1f} s")
+        say(f"UDP datagrams dropped for a full receive buffer in the window: {run.udp_drops:,}")
         checks.append(
             Check(
                 "daemon CPU, average",

@@ -30,6 +30,14 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def udp_receive_errors() -> int:
+    """Datagrams the kernel dropped because a socket's receive buffer was full (all sockets,
+    since boot: take the difference over a window)."""
+    lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines()]
+    names, values = [ln for ln in lines if ln[0] == "Udp:"][:2]
+    return int(values[names.index("RcvbufErrors")])
+
+
 def memory_mib(pid: int, key: str = "VmRSS") -> float | None:
     """A /proc/PID/status size (VmRSS, VmHWM, ...) in MiB."""
     try:

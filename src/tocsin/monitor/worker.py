@@ -174,6 +174,7 @@ class WorkerPulls:
         finally:
             theirs.close()
         self.pid, self.starts = process.pid, self.starts + 1
+        spawned = time.monotonic()
         writer: asyncio.StreamWriter | None = None
         try:
             reader, writer = await asyncio.open_unix_connection(sock=ours)
@@ -190,6 +191,13 @@ class WorkerPulls:
                     self._deliver(message[1])
                 elif message[0] == "started":
                     started.set()
+                    log.info(
+                        "probe worker started",
+                        pid=process.pid,
+                        pull_subjects=message[1],
+                        seconds=round(time.monotonic() - spawned, 2),
+                        schedule_seconds=message[2],
+                    )
             return await process.wait()
         finally:
             self._writer = None
@@ -245,9 +253,13 @@ async def serve(sock: socket.socket) -> None:
         lag=watch.lost_since,
     )
 
+    first_add: list[float] = []  # when the first `add` came
+
     def handle(message: tuple[Any, ...]) -> None:
         match message:
             case ("add", items):
+                if not first_add:
+                    first_add.append(time.monotonic())
                 for key, spec, interval in items:
                     schedule(scheduler, key, spec, interval, context)
             case ("remove", keys):
@@ -262,7 +274,8 @@ async def serve(sock: socket.socket) -> None:
             case ("go",):
                 gc.collect()
                 gc.freeze()  # the schedule lives as long as the worker: keep it out of the GC
-                _write(writer, ("started", len(scheduler)))
+                took = round(time.monotonic() - first_add[0], 2) if first_add else 0.0
+                _write(writer, ("started", len(scheduler), took))
 
     limits = {"max_concurrency": options["max_concurrency"], "per_host": options["per_host"]}
     async with asyncio.TaskGroup() as group:
