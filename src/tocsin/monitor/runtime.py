@@ -397,7 +397,9 @@ class HealthMonitor:
         if not force and mono - self._last_save < SAVE_EVERY_SECONDS:
             return
         self._last_save = mono
-        with_stale = force or mono - self._last_stale_save >= STALE_EVERY
+        # Not at stop either: a restart starts every subject unknown, so the latest healthy
+        # results of 100,000 subjects would cost seconds of stopping for nothing.
+        with_stale = mono - self._last_stale_save >= STALE_EVERY
         if with_stale:
             self._last_stale_save = mono
         dirty = [t for t in self._subjects.values() if t.dirty or (with_stale and t.stale)]
