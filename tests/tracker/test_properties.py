@@ -32,6 +32,7 @@ from tocsin.tracker import (
     dump,
     initial,
     load,
+    next_tick,
     step,
 )
 
@@ -189,3 +190,26 @@ def test_the_rules_keep_their_promises_in_any_order(w: Windows, actions: list[An
     world = World(w)
     for act in actions:
         world.run(act)
+
+
+def assert_tick_is_idle_until_due(world: World) -> None:
+    """Before `next_tick` a Tick changes nothing: the wiring may skip it."""
+    now = world.now()
+    due = next_tick(world.state, world.windows)
+    until = now.mono + 86_400 * 30 if due is None else due
+    for at in {now.mono, (now.mono + until) / 2, until - 1e-3}:
+        if not now.mono <= at < until:
+            continue  # due already: a tick now may change it
+        later = Now(at, now.wall + timedelta(seconds=at - now.mono))
+        state, decisions = step(world.state, Tick(), later, world.windows)
+        assert decisions == [], (due, at)
+        assert state == world.state, (due, at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(windows, st.lists(action, min_size=5, max_size=40))
+def test_a_tick_before_next_tick_changes_nothing(w: Windows, actions: list[Any]) -> None:
+    world = World(w)
+    for act in actions:
+        world.run(act)
+        assert_tick_is_idle_until_due(world)

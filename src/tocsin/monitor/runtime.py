@@ -54,6 +54,7 @@ from tocsin.tracker import (
     dump,
     initial,
     load,
+    next_tick,
     step,
 )
 from tocsin.tracker.state import SubjectHealth
@@ -97,7 +98,8 @@ class HealthMonitor:
         self._wall = wall
         self.default_windows = default_windows or Windows()
         self._subjects: dict[SubjectKey, Tracked] = {}
-        self._pending: set[SubjectKey] = set()  # subjects with a window running, or flapping
+        # Subjects with a window running, or flapping: when a Tick may next change them.
+        self._pending: dict[SubjectKey, float] = {}
         self.applier = DecisionApplier(store, self._applied)
         self.on_health: HealthHook | None = None  # told when a subject's health changes
         self._trigger_cursor = 0
@@ -133,7 +135,7 @@ class HealthMonitor:
         """Stop tracking these subjects and drop their saved state (one write for all)."""
         gone = []
         for key in keys:
-            self._pending.discard(key)
+            self._pending.pop(key, None)
             if self._subjects.pop(key, None) is not None:
                 gone.append(key)
         if gone:
@@ -279,16 +281,20 @@ class HealthMonitor:
     def expire_windows(self) -> None:
         """Tick the subjects whose windows are running (not all 100,000, five times a second)."""
         now = self.now()
-        for key in list(self._pending):
+        for key in [k for k, due in self._pending.items() if due <= now.mono]:
             tracked = self._subjects.get(key)
             if tracked is not None:
                 self._handle(tracked, Tick(), now)
 
     def _note_pending(self, tracked: Tracked) -> None:
-        if tracked.state.health in _PENDING or tracked.state.flapping:
-            self._pending.add(tracked.key)
+        state = tracked.state
+        if state.health in _PENDING or state.flapping:
+            due = next_tick(state, tracked.windows)
+            # A window with nothing left to wait for (a debounce awaiting its confirming
+            # check, a reopen held while flapping) is looked at on every expiry pass.
+            self._pending[tracked.key] = float("-inf") if due is None else due
         else:
-            self._pending.discard(tracked.key)
+            self._pending.pop(tracked.key, None)
 
     async def housekeeping(self) -> None:
         await self._poll_people()

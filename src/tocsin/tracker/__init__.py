@@ -24,7 +24,7 @@ from tocsin.tracker.events import (
     ticket_decisions,
 )
 from tocsin.tracker.persist import dump, load
-from tocsin.tracker.rules import step
+from tocsin.tracker.rules import next_tick, step
 from tocsin.tracker.state import (
     MonitorTicket,
     Nature,
@@ -64,6 +64,7 @@ __all__ = [
     "dump",
     "initial",
     "load",
+    "next_tick",
     "step",
     "ticket_decisions",
 ]

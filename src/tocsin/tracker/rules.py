@@ -213,9 +213,27 @@ def _recent(changes: tuple[float, ...], now: Now, w: Windows) -> tuple[float, ..
 # -- time passing --------------------------------------------------------------------------------
 
 
+def next_tick(s: SubjectState, w: Windows) -> float | None:
+    """The monotonic moment from which a Tick may change `s` (a window running out, a state
+    change leaving the flap window); None when only an event can. Ticking earlier changes
+    nothing, so the wiring ticks a subject then, not 5,000 subjects in debounce 5 times a
+    second."""
+    due: list[float] = []
+    if s.since is not None:
+        if s.health is FAILING:
+            due.append(s.since.mono + w.debounce.total_seconds())
+        elif s.health is RECOVERING:
+            due.append(s.since.mono + w.recovery.total_seconds())
+    if s.changes:
+        due.append(s.changes[0] + w.flap_window.total_seconds())
+    return min(due) if due else None
+
+
 def _advance(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> SubjectState:
     """Apply what the passing of time decides: flapping clearing, debounce, recovery."""
-    s = replace(s, changes=_recent(s.changes, now, w))
+    changes = _recent(s.changes, now, w)
+    if changes != s.changes:
+        s = replace(s, changes=changes)
     if s.flapping and not s.changes:
         out.append(Note(Reason.FLAPPING_STOPPED, "no state change for a flap window"))
         ticket = replace(s.ticket, flap_noted=False) if s.ticket is not None else None
