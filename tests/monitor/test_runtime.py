@@ -12,11 +12,12 @@ import pytest
 
 from tocsin.db.engine import Database
 from tocsin.monitor import states
-from tocsin.monitor.runtime import HealthMonitor
+from tocsin.monitor.applier import Pending
+from tocsin.monitor.runtime import SAVE_DEFER_SECONDS, SAVE_EVERY_SECONDS, HealthMonitor
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.model import Actor, ActorType, EventType, Source, State
 from tocsin.tickets.store import TicketStore
-from tocsin.tracker import Windows
+from tocsin.tracker import Comment, Reason, Windows
 
 CAM = SubjectKey("acme", "device", "cam-1")
 WINDOWS = Windows(
@@ -341,5 +342,25 @@ async def test_another_healthy_result_is_saved_rarely_but_a_change_of_health_at_
     await monitor.save()
     assert not tracked.dirty
     assert not tracked.stale
+    rows = await states.load(tickets.database.read)
+    assert rows[0].health == "failing"
+
+
+async def test_state_saves_wait_while_ticket_changes_wait_for_the_store(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await monitor.handle_observation(CAM, up())
+    await monitor.save(force=True)
+    monitor.observe(CAM, down())  # dirty; the applier is not running, so nothing is written
+    tracked = monitor.subjects()[CAM]
+    decision = Comment(1, "a comment the store has not taken yet", Reason.DETAIL_CHANGED)
+    monitor.applier.submit(Pending(CAM, "Lobby camera", decision, clocks.wall))
+    clocks.advance(SAVE_EVERY_SECONDS + 1)
+    await monitor.save()
+    assert tracked.dirty  # held back: the ticket change goes first
+    clocks.advance(SAVE_DEFER_SECONDS)
+    await monitor.save()
+    assert not tracked.dirty  # but not for ever
     rows = await states.load(tickets.database.read)
     assert rows[0].health == "failing"

@@ -62,6 +62,7 @@ from tocsin.tracker.state import SubjectHealth
 log = structlog.get_logger("tocsin.monitor")
 
 SAVE_EVERY_SECONDS = 2.0
+SAVE_DEFER_SECONDS = 15.0  # how long ticket changes waiting for the store may hold saves back
 STALE_EVERY = 300.0  # a subject whose only news is another healthy result is saved this often
 SAVE_BATCH = 2_000  # state rows per write: a storm's saves spread over a few seconds
 _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
@@ -401,6 +402,11 @@ class HealthMonitor:
         the subjects stay marked changed."""
         mono = self._monotonic()
         if not force and mono - self._last_save < SAVE_EVERY_SECONDS:
+            return
+        if not force and len(self.applier) and mono - self._last_save < SAVE_DEFER_SECONDS:
+            # Ticket changes are waiting for the store (a storm): they go first. The state is
+            # saved once they are written, each subject once however often it changed; a
+            # restart meanwhile takes the tickets from the store.
             return
         self._last_save = mono
         # Not at stop either: a restart starts every subject unknown, so the latest healthy
