@@ -61,7 +61,7 @@ from fleet import sim
 from fleet.daemon import MQTT_PREFIX, ORG, TOKEN, fleet_config, health_counts
 from fleet.logscan import Entry, LogReader, first_and_last_lines
 from fleet.peers import Child, Children, bench_start, free_port, start_snmpd, tcp_ready
-from fleet.procstat import cpu_seconds, load_average, memory_mib
+from fleet.procstat import children_of, cpu_seconds, load_average, memory_mib
 from fleet.receiver import receiver
 from fleet.soak import (
     fill,
@@ -175,6 +175,7 @@ class Sample:
     at: float
     rss: float
     cpu: float
+    worker_rss: float = 0.0  # the daemon's children (its probe worker), summed
 
 
 @dataclass
@@ -273,7 +274,8 @@ async def sample_daemon(soak: Soak, stop: asyncio.Event) -> None:
         cpu, rss = cpu_seconds(pid), memory_mib(pid)
         if cpu is None or rss is None or not soak.alive():
             return
-        soak.samples.append(Sample(time.time(), rss, cpu))
+        worker = sum(memory_mib(child) or 0.0 for child in children_of(pid))
+        soak.samples.append(Sample(time.time(), rss, cpu, worker))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), soak.opts.sample_every)
 
@@ -966,6 +968,18 @@ def report(soak: Soak) -> list[Check]:
             f"{(s.at - soak.monitor_started) / 60:.1f}m {s.rss:.0f}" for s in soak.samples[::step]
         )
         say(f"  VmRSS MiB over time (minutes after the monitor started): {points}")
+    wa, wb = median([s.worker_rss for s in first]), median([s.worker_rss for s in last])
+    if wa or wb:
+        worker_growth = 100 * (wb - wa) / wa if wa else float("nan")
+        say(f"  probe worker RSS: median {wa:.1f} -> {wb:.1f} MiB ({worker_growth:+.1f}%)")
+        checks.append(
+            Check(
+                "probe worker RSS flat (median, " + how + ")",
+                f"{wa:.1f} -> {wb:.1f} MiB ({worker_growth:+.1f}%)",
+                f"<= +{opts.target_rss_growth:g}%",
+                bool(first and last) and worker_growth <= opts.target_rss_growth,
+            )
+        )
     if len(soak.samples) > 1:
         s0, s1 = soak.samples[0], soak.samples[-1]
         say(f"  daemon CPU: {100 * (s1.cpu - s0.cpu) / (s1.at - s0.at):.1f}% of a core on average")
