@@ -364,3 +364,21 @@ async def test_state_saves_wait_while_ticket_changes_wait_for_the_store(
     assert not tracked.dirty  # but not for ever
     rows = await states.load(tickets.database.read)
     assert rows[0].health == "failing"
+
+
+async def test_a_reload_saves_a_subject_again_only_when_its_name_changed(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await monitor.handle_observation(CAM, up())
+    await monitor.save(force=True)
+    tracked = monitor.subjects()[CAM]
+    longer = Windows(debounce=timedelta(minutes=5), recovery=timedelta(minutes=1))
+    monitor.configure(CAM, "Lobby camera", longer)  # windows are not in the saved row
+    assert tracked.windows is longer
+    assert not tracked.dirty
+    monitor.configure(CAM, "Lobby camera (north)", longer)
+    assert tracked.dirty
+    await monitor.save(force=True)
+    rows = await states.load(tickets.database.read)
+    assert rows[0].name == "Lobby camera (north)"

@@ -130,7 +130,10 @@ class HealthMonitor:
         if tracked is None:
             self._subjects[key] = Tracked(key, name, windows, initial(key))
         else:
-            tracked.name, tracked.windows, tracked.dirty = name, windows, True
+            # The saved row holds the name, not the windows: a reload that renames nothing
+            # writes nothing (it used to save all 100,000 states again).
+            tracked.dirty = tracked.dirty or tracked.name != name
+            tracked.name, tracked.windows = name, windows
 
     async def remove(self, *keys: SubjectKey) -> None:
         """Stop tracking these subjects and drop their saved state (one write for all)."""

@@ -215,6 +215,7 @@ class MonitorService:
                 continue
             interval = interval_for(defaults, subject).total_seconds()
             if self._probes.get(key) == spec and self._intervals.get(key) == interval:
+                self._probes[key] = spec  # the new config's equal object: the old one can go
                 continue
             touched.add(key)
             self._probes[key] = spec
