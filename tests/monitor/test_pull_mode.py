@@ -1,0 +1,63 @@
+"""Where pull probes run ([monitor] pull_probes): auto picks the worker process from
+WORKER_FROM pull subjects on more than one CPU; worker and inline are what they say."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import config_text
+from tocsin.config import ConfigError, parse
+from tocsin.monitor import service
+from tocsin.monitor.service import WORKER_FROM, _in_worker
+
+
+def site(db_url: str, *, http: int, mqtt: int = 0, where: str | None = None) -> str:
+    lines = ["[monitor]"] + ([f'pull_probes = "{where}"'] if where else [])
+    lines += ["[[mqtt.brokers]]", 'name = "site"', 'host = "127.0.0.1"']
+    for n in range(http):
+        lines += [
+            "[[devices]]",
+            'org = "acme"',
+            f'id = "http-{n}"',
+            f'name = "HTTP {n}"',
+            f'probe = {{ type = "http", url = "http://127.0.0.1:9/{n}" }}',
+        ]
+    for n in range(mqtt):  # heartbeat subjects are not pull subjects
+        lines += [
+            "[[devices]]",
+            'org = "acme"',
+            f'id = "mqtt-{n}"',
+            f'name = "MQTT {n}"',
+            f'probe = {{ type = "mqtt", broker = "site", status_topic = "d/{n}/status" }}',
+        ]
+    return config_text(db_url, extra="\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("http", "mqtt", "where", "cpus", "in_worker"),
+    [
+        (WORKER_FROM, 0, None, 2, True),  # auto, a large site
+        (WORKER_FROM - 1, 2, None, 2, False),  # auto: MQTT subjects do not count
+        (WORKER_FROM, 0, None, 1, False),  # auto on one CPU: no core to gain
+        (3, 0, "worker", 1, True),
+        (WORKER_FROM, 0, "inline", 2, False),
+    ],
+)
+def test_where_pull_probes_run(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    http: int,
+    mqtt: int,
+    where: str | None,
+    cpus: int,
+    in_worker: bool,
+) -> None:
+    monkeypatch.setattr(service, "_cpus", lambda: cpus)
+    settings = parse(site(db_url, http=http, mqtt=mqtt, where=where))
+    assert settings.config.monitor.pull_probes == (where or "auto")
+    assert _in_worker(settings) is in_worker
+
+
+def test_an_unknown_place_is_refused_with_its_key(db_url: str) -> None:
+    with pytest.raises(ConfigError, match=r"monitor\.pull_probes"):
+        parse(site(db_url, http=1, where="elsewhere"))
