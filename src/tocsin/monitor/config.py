@@ -87,8 +87,8 @@ class MonitorDefaults(_Model):
     pull_probes: Literal["auto", "worker", "inline"] = "auto"
     """Where pull probes run: "worker", a child process on another core (the daemon's loop
     keeps the tracker, MQTT, the store and the API); "inline", the daemon's own event loop;
-    "auto", a worker from 2,000 pull subjects on a machine with more than one CPU. Read at
-    start: a reload does not move the probes."""
+    "auto", a worker from 2,000 pull subjects when the daemon may run on more than one CPU.
+    Read at start: a reload does not move the probes."""
     push_secret_file: str | None = None
     """The site secret push URLs derive from; default: a file push-secret created beside the
     SQLite database."""
