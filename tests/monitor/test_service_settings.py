@@ -1,12 +1,13 @@
-"""Where pull probes run ([monitor] pull_probes): auto picks the worker process from
-WORKER_FROM pull subjects on more than one CPU; worker and inline are what they say."""
+"""The settings as the service reads them: where pull probes run ([monitor] pull_probes: auto
+picks the worker process from WORKER_FROM pull subjects on more than one CPU; worker and inline
+are what they say), and what a reload keeps of the running config."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import config_text
-from tocsin.config import ConfigError, parse
+from tocsin.config import ConfigError, parse, reuse_unchanged
 from tocsin.monitor import service
 from tocsin.monitor.service import WORKER_FROM, _in_worker
 
@@ -61,3 +62,15 @@ def test_where_pull_probes_run(
 def test_an_unknown_place_is_refused_with_its_key(db_url: str) -> None:
     with pytest.raises(ConfigError, match=r"monitor\.pull_probes"):
         parse(site(db_url, http=1, where="elsewhere"))
+
+
+def test_a_reload_keeps_the_running_objects_of_unchanged_subjects(db_url: str) -> None:
+    running = parse(site(db_url, http=3, mqtt=2)).config
+    text = site(db_url, http=3, mqtt=2).replace("http://127.0.0.1:9/1", "http://127.0.0.1:9/one")
+    reloaded = parse(text).config
+    assert reuse_unchanged(running, reloaded) == 4
+    by_id = {d.id: d for d in reloaded.devices}
+    assert by_id["http-1"] is not running.devices[1]  # changed: the new one
+    assert str(getattr(by_id["http-1"].probe, "url", "")).endswith("/one")
+    same = [d for d in reloaded.devices if d.id != "http-1"]
+    assert all(any(d is r for r in running.devices) for d in same)
