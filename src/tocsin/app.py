@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
@@ -27,7 +27,7 @@ from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.service import MonitorService
+from tocsin.monitor.service import MonitorService, first
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 
@@ -92,7 +92,7 @@ class Daemon:
                 if reloads is not None:
                     reloader = group.create_task(self._reloads(reloads, group), name="reload")
                 # Ready means watching: the API is up and every probe has started.
-                await _first(self.monitor.watching.wait(), stop.wait())
+                await first(self.monitor.watching.wait(), stop.wait())
                 # What exists now (the config, a million objects at 100,000 subjects) lives as
                 # long as the process: keep the cyclic garbage collector from walking it again.
                 gc.freeze()
@@ -229,16 +229,6 @@ class Daemon:
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-async def _first(*waits: Awaitable[object]) -> None:
-    """Return when the first of `waits` is done; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
 
 
 def _keep_what_needs_a_restart(old: Settings, new: Settings) -> Settings:

@@ -16,6 +16,7 @@ import pytest
 from tests.e2e import test_http_and_integrations as http_e2e
 from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 from tests.e2e.test_http_and_integrations import Site, of
+from tests.peers import process_alive
 
 site = http_e2e.site  # the device and cloud API fixture, shared
 
@@ -25,14 +26,6 @@ def children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found |= {int(c) for c in (task / "children").read_text().split()}
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def log_events(daemon: Daemon) -> list[dict[str, object]]:
@@ -104,10 +97,12 @@ async def test_the_worker_watches_is_restarted_and_stops_with_the_daemon(
     assert len(resolved) == 2
     (second,) = children(daemon.process.pid)
     assert second != worker
-    assert not alive(worker)
+    assert not process_alive(worker)
 
     assert daemon.stop() == 0
-    await eventually(lambda: _async(alive(second)), lambda up: not up, within=3, what="gone")
+    await eventually(
+        lambda: _async(process_alive(second)), lambda up: not up, within=3, what="gone"
+    )
     assert "bms-secret-1" not in daemon.log.read_text()
 
 

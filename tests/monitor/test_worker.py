@@ -10,12 +10,12 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.peers import process_alive
 from tocsin.metrics import Metrics
 from tocsin.monitor.worker import WorkerPulls
 from tocsin.probes.http import HttpSpec
@@ -73,14 +73,6 @@ async def until(check: Callable[[], bool], within: float = 15.0, what: str = "it
         await asyncio.sleep(0.05)
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @contextlib.asynccontextmanager
 async def running(pulls: WorkerPulls) -> AsyncIterator[asyncio.Event]:
     started = asyncio.Event()
@@ -107,7 +99,7 @@ async def test_results_come_back_and_follow_the_schedule(device: tuple[Device, s
     async with running(pulls):
         assert pulls.pid is not None
         assert pulls.pid != os.getpid()
-        assert alive(pulls.pid)
+        assert process_alive(pulls.pid)
         await until(lambda: any(k == key(1) for k, _, _ in seen), what="a first result")
         before = time.monotonic()
         assert all(o.health is Health.HEALTHY and at <= before for _, o, at in seen)
@@ -148,7 +140,7 @@ async def test_a_killed_worker_is_started_again_with_its_schedule(
         assert pulls.pid != first
         count = len(seen)
         await until(lambda: {k for k, _, _ in seen[count:]} == {key(0), key(1), key(2)})
-    assert not alive(first)
+    assert not process_alive(first)
 
 
 async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
@@ -165,7 +157,7 @@ async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
         count = len(seen)
         await until(lambda: len(seen) > count + 2, what="results after SIGTERM")
         assert pulls.starts == 1
-        assert alive(pid)
+        assert process_alive(pid)
         began = time.monotonic()
-    await until(lambda: not alive(pid), within=2.0, what="the worker gone")
+    await until(lambda: not process_alive(pid), within=2.0, what="the worker gone")
     assert time.monotonic() - began < 2.0

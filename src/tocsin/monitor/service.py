@@ -136,7 +136,7 @@ class MonitorService:
                 group.create_task(self.monitor.run(), name="tocsin-monitor"),
                 group.create_task(self._expire_push(), name="tocsin-push"),
             ]
-            await _first(pulls_started.wait(), stop.wait())
+            await first(pulls_started.wait(), stop.wait())
             if not stop.is_set():
                 self.watching.set()
                 log.info(
@@ -350,7 +350,7 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-async def _first(*waits: Awaitable[object]) -> None:
+async def first(*waits: Awaitable[object]) -> None:
     """Wait until the first of `waits` is done; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
