@@ -63,10 +63,11 @@ def schedule(
     timed: Callable[[PullProbe, str], PullProbe] = lambda probe, _: probe,
 ) -> None:
     """Build the probe `spec` describes and schedule it (replacing the subject's last one)."""
+    kind = probe_type(spec)
     if isinstance(spec, HttpSpec):
         scheduler.add(
             key,
-            timed(HttpProbe(spec, context), "http"),
+            timed(HttpProbe(spec, context), kind),
             timeout=spec.timeout.total_seconds(),
             interval=interval,
             host=host_of(spec.url),
@@ -74,7 +75,7 @@ def schedule(
     elif isinstance(spec, SnmpSpec):
         scheduler.add(
             key,
-            timed(SnmpProbe(spec, context), "snmp"),
+            timed(SnmpProbe(spec, context), kind),
             timeout=spec.deadline,
             interval=interval,
             host=spec.host,
@@ -82,7 +83,7 @@ def schedule(
     else:
         scheduler.add(
             key,
-            timed(CredentialCheck(spec, context), "credentials"),
+            timed(CredentialCheck(spec, context), kind),
             timeout=spec.timeout.total_seconds(),
             interval=None if spec.cron else interval,
             cron=spec.cron,
