@@ -14,9 +14,10 @@ import gc
 import hashlib
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -410,6 +411,9 @@ class Settings:
     # Where relative paths point and where *_env secrets come from: probes read theirs at start.
     base_dir: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # The daemon's own: the text it runs on, compressed (tocsin.reparse.pack), for a reload's
+    # child process to tell what changed. Empty elsewhere.
+    source: bytes = field(default=b"", repr=False, compare=False)
 
 
 def reuse_unchanged(old: Config, new: Config) -> int:
@@ -494,14 +498,28 @@ def _parse(text: str, base_dir: Path | None, env: Mapping[str, str] | None) -> S
     )
 
 
-def load(path: str | Path, *, env: Mapping[str, str] | None = None) -> Settings:
-    """Read and parse a config file; relative paths in it are relative to its folder."""
+def load(
+    path: str | Path, *, env: Mapping[str, str] | None = None, keep_source: bool = False
+) -> Settings:
+    """Read and parse a config file; relative paths in it are relative to its folder. With
+    `keep_source`, the Settings keep the text, compressed (the daemon's, for its reloads)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem("", f"cannot read {file}: {_reason(exc)}")]) from None
-    return parse(text, base_dir=file.resolve().parent, env=env)
+    settings = parse(text, base_dir=file.resolve().parent, env=env)
+    if keep_source:
+        settings = replace(settings, source=zlib.compress(text.encode(), 1))
+    return settings
+
+
+def subject_models(text: str) -> tuple[list[Any], list[Any]]:
+    """The [[devices]] and [[integrations]] of a config text that was valid, as models, without
+    validating the rest or reading any secret (a reload compares them with the new config's)."""
+    raw = toml.loads(text)
+    _validate_subjects(raw)
+    return list(raw.get("devices", [])), list(raw.get("integrations", []))
 
 
 def _validate_subjects(raw: dict[str, Any]) -> None:

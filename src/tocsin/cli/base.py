@@ -45,9 +45,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def load_settings(path: Path) -> Settings:
+def load_settings(path: Path, *, keep_source: bool = False) -> Settings:
     try:
-        return load(path)
+        return load(path, keep_source=keep_source)
     except ConfigError as exc:
         err.print(
             f"[bold red]{escape(str(path))}: invalid config[/]", highlight=False, soft_wrap=True
