@@ -55,7 +55,7 @@ import aiohttp
 from fleet import storm
 from fleet.logscan import LogReader, first_and_last_lines
 from fleet.peers import Child, Children, bench_start, free_port, start_mosquitto, tcp_ready
-from fleet.procstat import cpu_seconds, load_average, memory_mib
+from fleet.procstat import children_of, cpu_seconds, load_average, memory_mib
 from fleet.profile import record_command, summarize
 from fleet.receiver import bare_posts, receiver
 from fleet.storm import HTTP_ID, ORG, TOKEN, DbWatcher, Seen
@@ -94,6 +94,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         metavar="SECONDS",
         help="py-spy the daemon for SECONDS from just before the storm",
+    )
+    add(
+        "--delivery",
+        choices=["auto", "worker", "inline"],
+        default="auto",
+        help="[webhook_delivery] process (auto: a process of its own at 2,000 subjects)",
     )
     add("--dir", type=Path, help="parent of the temporary folder")
     add("--keep", action="store_true", help="keep the temporary folder (logs, config, db)")
@@ -193,6 +199,10 @@ class Run:
     timed_out: bool = False
     hwm: float = 0.0
     profile: str | None = None
+    delivery: int | None = None  # the daemon's webhook delivery process, when it has one
+    delivery_samples: list[Sample] = field(default_factory=list)
+    delivery_hwm: float = 0.0
+    delivery_profile: str | None = None
     exit_code: int | None = None
     stop_seconds: float = 0.0
     db_missing_trigger: int = 0
@@ -202,12 +212,12 @@ class Run:
     log: LogReader | None = None
 
 
-async def sampler(run: Run, pid: int, every: float, stop: asyncio.Event) -> None:
+async def sampler(samples: list[Sample], pid: int, every: float, stop: asyncio.Event) -> None:
     while not stop.is_set():
         cpu = cpu_seconds(pid)
         if cpu is None:
             return
-        run.samples.append(Sample(time.time(), cpu, memory_mib(pid) or 0.0))
+        samples.append(Sample(time.time(), cpu, memory_mib(pid) or 0.0))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
 
@@ -361,6 +371,7 @@ async def storm_phase(
         hook_url=f"{hook_url}/hook",
         secret_file=secret,
         debounce=opts.debounce,
+        delivery=opts.delivery,
     )
     config = workdir / "storm.toml"
     config.write_text(text)
@@ -378,9 +389,10 @@ async def storm_phase(
     watcher = DbWatcher(db)
     run.watcher = watcher
     tasks = [
-        asyncio.create_task(sampler(run, daemon.pid, opts.sample_every, stop)),
+        asyncio.create_task(sampler(run.samples, daemon.pid, opts.sample_every, stop)),
         asyncio.create_task(watcher.run(stop)),
     ]
+    delivery_profiler: Child | None = None
     headers = {"Authorization": f"Bearer {TOKEN}"}
     timeout = aiohttp.ClientTimeout(total=60)
     try:
@@ -388,6 +400,14 @@ async def storm_phase(
             await wait_ready(session, base, daemon, run, opts.start_timeout)
             run.ready_at = time.time()
             run.rss_ready = memory_mib(daemon.pid) or 0.0
+            run.delivery = delivery_process(daemon.pid)
+            if run.delivery is not None:
+                say(f"storm: the daemon's webhook delivery process is pid {run.delivery}")
+                tasks.append(
+                    asyncio.create_task(
+                        sampler(run.delivery_samples, run.delivery, opts.sample_every, stop)
+                    )
+                )
             say(
                 f"storm: monitor started {run.monitor_started - run.spawned_at:.1f} s after "
                 f"spawn, every subject up {run.ready_at - run.spawned_at:.1f} s after spawn, "
@@ -411,6 +431,11 @@ async def storm_phase(
                     "py-spy",
                     record_command(daemon.pid, opts.profile, workdir / "daemon.pyspy.txt"),
                 )
+                if run.delivery is not None:
+                    delivery_profiler = children.spawn(
+                        "py-spy-delivery",
+                        record_command(run.delivery, opts.profile, workdir / "delivery.pyspy.txt"),
+                    )
                 await asyncio.sleep(1.0)  # py-spy attached
             say(f"storm: publishing 'offline' for {opts.devices:,} devices ({load_average()})")
             # The HTTP device fails right after the last write, from the publishing thread.
@@ -478,9 +503,14 @@ async def storm_phase(
         stop.set()
         await asyncio.gather(*tasks)
         run.hwm = memory_mib(daemon.pid, "VmHWM") or 0.0
+        if run.delivery is not None:
+            run.delivery_hwm = memory_mib(run.delivery, "VmHWM") or 0.0
         if profiler is not None:
             profiler.stop(signal.SIGINT, timeout=opts.profile + 10)
             run.profile = summarize(workdir / "daemon.pyspy.txt")
+        if delivery_profiler is not None:
+            delivery_profiler.stop(signal.SIGINT, timeout=opts.profile + 10)
+            run.delivery_profile = summarize(workdir / "delivery.pyspy.txt")
         stopping = time.monotonic()
         run.exit_code = daemon.stop(signal.SIGTERM, timeout=60)
         run.stop_seconds = time.monotonic() - stopping
@@ -573,6 +603,15 @@ class Row:
     baseline: str
     ratio: str
     ok: bool | None  # None: informational
+
+
+def delivery_process(daemon: int) -> int | None:
+    """The daemon's webhook delivery child, if it runs one."""
+    for pid in children_of(daemon):
+        with contextlib.suppress(OSError):
+            if b"tocsin.delivery.process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+    return None
 
 
 def cpu_share(samples: list[Sample], start: float, end: float) -> tuple[float, float]:
@@ -796,6 +835,18 @@ def report(opts: argparse.Namespace, run: Run) -> list[Row]:
             None,
         )
     )
+    if run.delivery is not None:
+        hook_avg, hook_peak = cpu_share(run.delivery_samples, start, end)
+        rows.append(
+            Row(
+                "delivery process CPU, t0 -> end; VmHWM",
+                f"{hook_avg:.0f}% (max 1 s {hook_peak:.0f}%); {run.delivery_hwm:.0f} MiB",
+                "",
+                "",
+                "",
+                None,
+            )
+        )
     rows.append(
         Row(
             "daemon alive, stopped cleanly",
@@ -812,6 +863,10 @@ def report(opts: argparse.Namespace, run: Run) -> list[Row]:
         say()
         say("== py-spy profile of the daemon, from just before the storm ==")
         say(run.profile)
+    if run.delivery_profile:
+        say()
+        say("== py-spy profile of the webhook delivery process, the same window ==")
+        say(run.delivery_profile)
     return rows
 
 

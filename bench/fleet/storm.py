@@ -174,6 +174,7 @@ def storm_config(
     hook_url: str,
     secret_file: Path,
     debounce: float,
+    delivery: str = "auto",
 ) -> str:
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [
@@ -198,6 +199,8 @@ def storm_config(
         f'url = "{hook_url}"',
         f'secret_file = "{secret_file}"',
         'triggers = ["ticket.opened"]',
+        "[webhook_delivery]",
+        f'process = "{delivery}"',
         "[[mqtt.brokers]]",
         f'name = "{BROKER}"',
         'host = "127.0.0.1"',

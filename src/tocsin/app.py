@@ -24,10 +24,11 @@ from tocsin.db import migrate, retention
 from tocsin.db.engine import open_database
 from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
+from tocsin.delivery.process import DeliveryProcess
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.service import MonitorService, first
+from tocsin.monitor.service import WORKER_FROM, MonitorService, cpus, first
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 
@@ -57,7 +58,8 @@ class Daemon:
             metrics=self.render_metrics,
             readiness=self.readiness,
         )
-        self._webhooks: tuple[DeliveryWorker, asyncio.Event, asyncio.Task[None]] | None = None
+        self._webhooks: tuple[asyncio.Event, asyncio.Task[None]] | None = None
+        self.delivery: DeliveryWorker | DeliveryProcess | None = None
         self._webhooks_pending = 0
 
     async def run(
@@ -197,9 +199,11 @@ class Daemon:
         self.settings = settings
         self.app[API_CONTEXT].reload(settings)
         changes = await self.monitor.apply(settings)
-        webhooks_changed = endpoints_from(old) != endpoints_from(settings) or delivery_settings(
-            old
-        ) != delivery_settings(settings)
+        webhooks_changed = (
+            endpoints_from(old) != endpoints_from(settings)
+            or delivery_settings(old) != delivery_settings(settings)
+            or delivery_in_worker(old) != delivery_in_worker(settings)
+        )
         if webhooks_changed:
             await self._stop_webhooks()
             self._start_webhooks(group)
@@ -214,21 +218,40 @@ class Daemon:
                 log.exception("config reload failed; the daemon keeps running")
 
     def _start_webhooks(self, group: asyncio.TaskGroup) -> None:
-        worker = DeliveryWorker(
-            self.store, endpoints_from(self.settings), delivery_settings(self.settings)
-        )
+        settings = self.settings
+        endpoints, delivery = endpoints_from(settings), delivery_settings(settings)
+        if delivery_in_worker(settings):
+            self.delivery = DeliveryProcess(
+                settings.store_url,
+                endpoints,
+                delivery,
+                log_level=settings.config.log.level,
+                log_format=settings.config.log.format,
+            )
+        else:
+            self.delivery = DeliveryWorker(self.store, endpoints, delivery)
         stop = asyncio.Event()
-        task = group.create_task(worker.run(stop), name="tocsin-webhooks")
-        self._webhooks = (worker, stop, task)
+        task = group.create_task(self.delivery.run(stop), name="tocsin-webhooks")
+        self._webhooks = (stop, task)
 
     async def _stop_webhooks(self) -> None:
         """Attempts in flight finish or are given back (they are leased, never lost)."""
         if self._webhooks is not None:
-            _, stop, task = self._webhooks
+            stop, task = self._webhooks
             self._webhooks = None
             stop.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def delivery_in_worker(settings: Settings) -> bool:
+    """Whether webhook delivery runs in a process of its own ([webhook_delivery] process)."""
+    where = settings.config.webhook_delivery.process
+    if where != "auto":
+        return where == "worker"
+    config = settings.config
+    subjects = len(config.devices) + len(config.integrations)
+    return bool(config.webhooks) and subjects >= WORKER_FROM and cpus() > 1
 
 
 def _keep_what_needs_a_restart(old: Settings, new: Settings) -> Settings:

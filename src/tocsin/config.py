@@ -259,6 +259,11 @@ class WebhookDeliveryConfig(_Model):
     lease: Duration = timedelta(seconds=30)
     """How long a claim outlives the longest it may take (twice the endpoint's timeout: an
     attempt may wait behind one other): a crashed sender's claims are taken again after that."""
+    process: Literal["auto", "worker", "inline"] = "auto"
+    """Where delivery runs: "worker", a child process on another core with its own connection
+    to the store (a storm's webhooks do not wait for its tickets, nor the other way round);
+    "inline", the daemon's own event loop; "auto", a worker when there is an endpoint, 2,000
+    subjects or more and more than one CPU. A reload that changes it restarts delivery."""
 
     @field_validator("schedule")
     @classmethod

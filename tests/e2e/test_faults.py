@@ -74,14 +74,24 @@ probe = {{ type = "http", url = "{url}", timeout = "{timeout}" }}
 """
 
 
-def fast_retries(*, ticket_after: str = "10m") -> str:
+def fast_retries(*, ticket_after: str = "10m", process: str = "auto") -> str:
     """Retries a second apart, no jitter, and no endpoint ticket within a test's time."""
     return f"""
 [webhook_delivery]
 schedule = ["1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]
 jitter = 0.0
 ticket_after = "{ticket_after}"
+process = "{process}"
 """
+
+
+def delivery_in(process: str) -> str:
+    """Where webhook delivery runs: the store faults must be ridden out both ways."""
+    return f'\n[webhook_delivery]\nprocess = "{process}"\n'
+
+
+# Each store and receiver fault with delivery in the daemon and in a process of its own.
+DELIVERY = pytest.mark.parametrize("delivery", ["inline", "worker"])
 
 
 @contextlib.asynccontextmanager
@@ -147,8 +157,9 @@ async def store_fault_lines(daemon: Daemon, event: str) -> list[dict[str, Any]]:
 # -- the store ---------------------------------------------------------------------------------
 
 
+@DELIVERY
 async def test_it_rides_out_a_full_disk_and_writes_the_ticket_it_decided_during_it(
-    tmp_path: Path,
+    tmp_path: Path, delivery: str
 ) -> None:
     with tmpfs(tmp_path / "disk") as disk:
         database = disk / "tocsin.db"
@@ -159,6 +170,7 @@ async def test_it_rides_out_a_full_disk_and_writes_the_ticket_it_decided_during_
                 with_store(base_config(port), database)
                 + http_device("cam-1", cam.url)
                 + webhook_config("ops", hooks.url, secret_file(tmp_path / "ops-secret"))
+                + delivery_in(delivery)
             )
             daemon = Daemon(config, port)
             filler = DiskFiller(disk)
@@ -227,7 +239,10 @@ async def test_it_rides_out_a_full_disk_and_writes_the_ticket_it_decided_during_
         assert query(database, "SELECT last_seq FROM org_sequences WHERE org = 'acme'") == [(1,)]
 
 
-async def test_it_waits_out_a_database_locked_by_another_process(tmp_path: Path) -> None:
+@DELIVERY
+async def test_it_waits_out_a_database_locked_by_another_process(
+    tmp_path: Path, delivery: str
+) -> None:
     async with device() as cam, receiver() as hooks:
         port = free_port()
         config = tmp_path / "tocsin.toml"
@@ -235,6 +250,7 @@ async def test_it_waits_out_a_database_locked_by_another_process(tmp_path: Path)
             base_config(port)
             + http_device("cam-1", cam.url)
             + webhook_config("ops", hooks.url, secret_file(tmp_path / "ops-secret"))
+            + delivery_in(delivery)
         )
         daemon = Daemon(config, port)
         holder = LockHolder(tmp_path / "state" / "tocsin.db")
@@ -340,8 +356,9 @@ probe = { type = "push", timeout = "3s", key_file = "door-key" }
 TIMEOUT_ERROR = re.compile(r"no answer within|timed? ?out", re.IGNORECASE)
 
 
+@DELIVERY
 async def test_a_hung_receiver_is_retried_on_its_timeout_while_others_get_every_ticket(
-    tmp_path: Path,
+    tmp_path: Path, delivery: str
 ) -> None:
     async with receiver() as hooks, hung_receiver() as hung:
         port = free_port()
@@ -355,7 +372,7 @@ async def test_a_hung_receiver_is_retried_on_its_timeout_while_others_get_every_
                 timeout="1s",
             )
             + webhook_config("ok", hooks.url, secret_file(tmp_path / "ok-secret"))
-            + fast_retries()
+            + fast_retries(process=delivery)
         )
         daemon = Daemon(config, port)
         async with running(daemon):

@@ -1,12 +1,16 @@
 """The settings as the service reads them: where pull probes run ([monitor] pull_probes: auto
 picks the worker process from WORKER_FROM pull subjects on more than one CPU; worker and inline
-are what they say), and what a reload keeps of the running config."""
+are what they say), where webhook delivery runs ([webhook_delivery] process, the same way), and
+what a reload keeps of the running config."""
 
 from __future__ import annotations
+
+import base64
 
 import pytest
 
 from tests.conftest import config_text
+from tocsin import app
 from tocsin.config import ConfigError, parse, reuse_unchanged
 from tocsin.monitor import service
 from tocsin.monitor.service import WORKER_FROM, _in_worker
@@ -53,7 +57,7 @@ def test_where_pull_probes_run(
     cpus: int,
     in_worker: bool,
 ) -> None:
-    monkeypatch.setattr(service, "_cpus", lambda: cpus)
+    monkeypatch.setattr(service, "cpus", lambda: cpus)
     settings = parse(site(db_url, http=http, mqtt=mqtt, where=where))
     assert settings.config.monitor.pull_probes == (where or "auto")
     assert _in_worker(settings) is in_worker
@@ -74,3 +78,45 @@ def test_a_reload_keeps_the_running_objects_of_unchanged_subjects(db_url: str) -
     assert str(getattr(by_id["http-1"].probe, "url", "")).endswith("/one")
     same = [d for d in reloaded.devices if d.id != "http-1"]
     assert all(any(d is r for r in running.devices) for d in same)
+
+
+HOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "hooks", "where", "cpus", "in_worker"),
+    [
+        (WORKER_FROM, 1, None, 2, True),  # auto, a large site with an endpoint: any subjects
+        (WORKER_FROM - 1, 1, None, 2, False),  # auto, a small site
+        (WORKER_FROM, 0, None, 2, False),  # auto, nothing to deliver to
+        (WORKER_FROM, 1, None, 1, False),  # auto on one CPU: no core to gain
+        (0, 0, "worker", 1, True),
+        (WORKER_FROM, 1, "inline", 2, False),
+    ],
+)
+def test_where_webhook_delivery_runs(
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    mqtt: int,
+    hooks: int,
+    where: str | None,
+    cpus: int,
+    in_worker: bool,
+) -> None:
+    monkeypatch.setattr(app, "cpus", lambda: cpus)
+    text = site(db_url, http=0, mqtt=mqtt)
+    text += "".join(
+        f'[[webhooks]]\nname = "hook-{n}"\nurl = "http://127.0.0.1:9/{n}"\nsecret_env = "HOOK"\n'
+        for n in range(hooks)
+    )
+    if where:
+        text += f'[webhook_delivery]\nprocess = "{where}"\n'
+    settings = parse(text, env={"HOOK": HOOK_SECRET})
+    assert settings.config.webhook_delivery.process == (where or "auto")
+    assert app.delivery_in_worker(settings) is in_worker
+
+
+def test_an_unknown_delivery_place_is_refused_with_its_key(db_url: str) -> None:
+    text = site(db_url, http=1) + '[webhook_delivery]\nprocess = "thread"\n'
+    with pytest.raises(ConfigError, match=r"webhook_delivery\.process"):
+        parse(text)

@@ -233,3 +233,21 @@ def test_it_says_a_failure_once_then_reminds_each_minute_then_says_it_is_over() 
     assert health.failures[Fault.DISK_FULL] == 33
     assert health.cause is None
     assert timedelta(seconds=0) < timedelta(seconds=float(str(resumed[0]["outage_seconds"])))
+
+
+def test_a_helper_processs_store_counts_failures_but_leaves_saying_so_to_the_daemon() -> None:
+    """The delivery process has its own store; the daemon's says when writes fail, once."""
+    clock = [0.0]
+    health = StoreHealth("/data/tocsin.db", monotonic=lambda: clock[0], announce=False)
+    edges: list[str | None] = []
+    health.on_change = lambda: edges.append(health.cause)
+    full = classify(OSError(errno.ENOSPC, "full"), "/data/tocsin.db")
+    with structlog.testing.capture_logs() as logs:
+        health.failed(full)
+        clock[0] += 61
+        health.failed(full)
+        health.succeeded()
+    assert logs == []
+    assert health.failures[Fault.DISK_FULL] == 2
+    assert edges == [full.cause, None]
+    assert health.cause is None

@@ -77,9 +77,14 @@ class StoreHealth:
     event loop both report)."""
 
     def __init__(
-        self, path: str | None, *, monotonic: Callable[[], float] = time.monotonic
+        self,
+        path: str | None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        announce: bool = True,
     ) -> None:
         self.path = path
+        self.announce = announce  # False: count and remember, but log nothing (a helper process)
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._current: StoreFault | None = None
@@ -144,11 +149,11 @@ class StoreHealth:
                 self._reminded = now
             failed_writes = self._failed_writes
             since = self._since
-        if first:
+        if first and self.announce:
             log.error("store writes failing", fault=fault.fault.value, cause=fault.cause)
         if (first or changed) and self.on_change is not None:
             self.on_change()
-        elif remind:
+        elif remind and self.announce:
             log.error(
                 "store writes still failing",
                 fault=fault.fault.value,
@@ -165,12 +170,12 @@ class StoreHealth:
             fault, self._current = self._current, None
             failed_writes, self._failed_writes = self._failed_writes, 0
             since = self._since
-        if fault is not None:
+        if fault is not None and self.announce:
             log.info(
                 "store writes resumed",
                 fault=fault.fault.value,
                 failed_writes=failed_writes,
                 outage_seconds=round(now - since, 1),
             )
-            if self.on_change is not None:
-                self.on_change()
+        if fault is not None and self.on_change is not None:
+            self.on_change()

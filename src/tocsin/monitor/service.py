@@ -353,10 +353,10 @@ def _in_worker(settings: Settings) -> bool:
         return where == "worker"
     subjects: list[Subject] = [*settings.config.devices, *settings.config.integrations]
     pulls = sum(not isinstance(_spec(s), MqttProbeSpec | PushSpec) for s in subjects)
-    return pulls >= WORKER_FROM and _cpus() > 1
+    return pulls >= WORKER_FROM and cpus() > 1
 
 
-def _cpus() -> int:
+def cpus() -> int:
     """CPUs this process may run on (a pinned service or a container's cpuset, not the host's)."""
     try:
         return len(os.sched_getaffinity(0))

@@ -61,10 +61,18 @@ class Page:
 
 
 class TicketStore:
-    def __init__(self, db: Database, *, clock: Clock = utcnow, max_batch: int = 256) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = utcnow,
+        max_batch: int = 256,
+        announce: bool = True,
+    ) -> None:
         self._db = db
         self._clock = clock
-        self.health = StoreHealth(db.sqlite_path)
+        # announce=False: a helper process's store; the daemon's own says when writes fail.
+        self.health = StoreHealth(db.sqlite_path, announce=announce)
         self._writer = GroupWriter(db.write, max_batch=max_batch, health=self.health)
 
     @property
