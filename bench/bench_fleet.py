@@ -92,7 +92,8 @@ from fleet.peers import (
     tcp_ready,
 )
 from fleet.procstat import (
-    children_of,
+    PROBE_WORKER,
+    child_running,
     cpu_seconds,
     load_average,
     machine_busy_seconds,
@@ -559,7 +560,7 @@ async def fleet_phase(
     log = workdir / "daemon.log"
     run.started_at = await wait_started(daemon, log, deadline=180)
     run.rss_at_start = memory_mib(daemon.pid) or 0.0
-    run.worker = next(iter(children_of(daemon.pid)), None)
+    run.worker = child_running(daemon.pid, PROBE_WORKER)
     if run.worker is not None:
         run.worker_rss_at_start = memory_mib(run.worker) or 0.0
         say(f"fleet: the daemon's probe worker is pid {run.worker}")

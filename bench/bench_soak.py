@@ -61,7 +61,14 @@ from fleet import sim
 from fleet.daemon import MQTT_PREFIX, ORG, TOKEN, fleet_config, health_counts
 from fleet.logscan import Entry, LogReader, first_and_last_lines
 from fleet.peers import Child, Children, bench_start, free_port, start_snmpd, tcp_ready
-from fleet.procstat import children_of, cpu_seconds, load_average, memory_mib
+from fleet.procstat import (
+    DELIVERY_PROCESS,
+    PROBE_WORKER,
+    child_running,
+    cpu_seconds,
+    load_average,
+    memory_mib,
+)
 from fleet.receiver import receiver
 from fleet.soak import (
     fill,
@@ -175,7 +182,8 @@ class Sample:
     at: float
     rss: float
     cpu: float
-    worker_rss: float = 0.0  # the daemon's children (its probe worker), summed
+    worker_rss: float = 0.0  # the daemon's probe worker
+    delivery_rss: float = 0.0  # its webhook delivery process
 
 
 @dataclass
@@ -274,8 +282,16 @@ async def sample_daemon(soak: Soak, stop: asyncio.Event) -> None:
         cpu, rss = cpu_seconds(pid), memory_mib(pid)
         if cpu is None or rss is None or not soak.alive():
             return
-        worker = sum(memory_mib(child) or 0.0 for child in children_of(pid))
-        soak.samples.append(Sample(time.time(), rss, cpu, worker))
+        worker, delivery = (child_running(pid, m) for m in (PROBE_WORKER, DELIVERY_PROCESS))
+        soak.samples.append(
+            Sample(
+                time.time(),
+                rss,
+                cpu,
+                (memory_mib(worker) or 0.0) if worker else 0.0,
+                (memory_mib(delivery) or 0.0) if delivery else 0.0,
+            )
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), soak.opts.sample_every)
 
@@ -968,13 +984,18 @@ def report(soak: Soak) -> list[Check]:
             f"{(s.at - soak.monitor_started) / 60:.1f}m {s.rss:.0f}" for s in soak.samples[::step]
         )
         say(f"  VmRSS MiB over time (minutes after the monitor started): {points}")
-    wa, wb = median([s.worker_rss for s in first]), median([s.worker_rss for s in last])
-    if wa or wb:
+    for label, before, after in (
+        ("probe worker", [s.worker_rss for s in first], [s.worker_rss for s in last]),
+        ("delivery process", [s.delivery_rss for s in first], [s.delivery_rss for s in last]),
+    ):
+        wa, wb = median(before), median(after)
+        if not (wa or wb):
+            continue
         worker_growth = 100 * (wb - wa) / wa if wa else float("nan")
-        say(f"  probe worker RSS: median {wa:.1f} -> {wb:.1f} MiB ({worker_growth:+.1f}%)")
+        say(f"  {label} RSS: median {wa:.1f} -> {wb:.1f} MiB ({worker_growth:+.1f}%)")
         checks.append(
             Check(
-                "probe worker RSS flat (median, " + how + ")",
+                f"{label} RSS flat (median, " + how + ")",
                 f"{wa:.1f} -> {wb:.1f} MiB ({worker_growth:+.1f}%)",
                 f"<= +{opts.target_rss_growth:g}%",
                 bool(first and last) and worker_growth <= opts.target_rss_growth,

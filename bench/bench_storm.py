@@ -55,7 +55,13 @@ import aiohttp
 from fleet import storm
 from fleet.logscan import LogReader, first_and_last_lines
 from fleet.peers import Child, Children, bench_start, free_port, start_mosquitto, tcp_ready
-from fleet.procstat import children_of, cpu_seconds, load_average, memory_mib
+from fleet.procstat import (
+    DELIVERY_PROCESS,
+    child_running,
+    cpu_seconds,
+    load_average,
+    memory_mib,
+)
 from fleet.profile import record_command, summarize
 from fleet.receiver import bare_posts, receiver
 from fleet.storm import HTTP_ID, ORG, TOKEN, DbWatcher, Seen
@@ -400,7 +406,7 @@ async def storm_phase(
             await wait_ready(session, base, daemon, run, opts.start_timeout)
             run.ready_at = time.time()
             run.rss_ready = memory_mib(daemon.pid) or 0.0
-            run.delivery = delivery_process(daemon.pid)
+            run.delivery = child_running(daemon.pid, DELIVERY_PROCESS)
             if run.delivery is not None:
                 say(f"storm: the daemon's webhook delivery process is pid {run.delivery}")
                 tasks.append(
@@ -603,15 +609,6 @@ class Row:
     baseline: str
     ratio: str
     ok: bool | None  # None: informational
-
-
-def delivery_process(daemon: int) -> int | None:
-    """The daemon's webhook delivery child, if it runs one."""
-    for pid in children_of(daemon):
-        with contextlib.suppress(OSError):
-            if b"tocsin.delivery.process" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-    return None
 
 
 def cpu_share(samples: list[Sample], start: float, end: float) -> tuple[float, float]:

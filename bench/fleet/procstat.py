@@ -30,6 +30,23 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def child_running(pid: int, module: str) -> int | None:
+    """The child of `pid` that runs `python -m module` (the daemon's probe worker is
+    tocsin.monitor.worker, its webhook delivery process tocsin.delivery.process), if any."""
+    for child in children_of(pid):
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if module.encode() in argv:
+            return child
+    return None
+
+
+PROBE_WORKER = "tocsin.monitor.worker"
+DELIVERY_PROCESS = "tocsin.delivery.process"
+
+
 def udp_receive_errors() -> int:
     """Datagrams the kernel dropped because a socket's receive buffer was full (all sockets,
     since boot: take the difference over a window)."""
