@@ -49,6 +49,14 @@ def delivery_child(daemon: Daemon) -> int:
     return pid
 
 
+async def delivered(hooks: Receiver, seq: int, what: str) -> None:
+    await eventually(
+        lambda: asyncio.sleep(0, hooks.opened()),
+        lambda got: seq in {d.seq for d in got},
+        what=what,
+    )
+
+
 async def started(daemon: Daemon, times: int) -> None:
     await eventually(
         lambda: logged_soon(daemon, "webhook delivery started"),
@@ -104,11 +112,7 @@ async def test_a_delivery_process_sends_is_restarted_and_stops_with_the_daemon(
             )
             status, ticket = await open_workflow_ticket(daemon, "bms-4")
             assert status == 201
-            await eventually(
-                lambda: asyncio.sleep(0, hooks.opened()),
-                lambda got: ticket["seq"] in {d.seq for d in got},
-                what="bms-4 delivered by the new child",
-            )
+            await delivered(hooks, ticket["seq"], "bms-4 delivered by the new child")
             await started(daemon, 2)
             second = delivery_child(daemon)
             assert second != child
@@ -131,11 +135,7 @@ async def test_a_delivery_process_sends_is_restarted_and_stops_with_the_daemon(
             )
             status, ticket = await open_workflow_ticket(daemon, "bms-5")
             assert status == 201
-            await eventually(
-                lambda: asyncio.sleep(0, hooks.opened()),
-                lambda got: ticket["seq"] in {d.seq for d in got},
-                what="bms-5 delivered by the daemon",
-            )
+            await delivered(hooks, ticket["seq"], "bms-5 delivered by the daemon")
             assert daemon.process is not None
             assert children(daemon.process.pid) == set()
             assert len(hooks.opened()) == len({d.headers["webhook-id"] for d in hooks.opened()})

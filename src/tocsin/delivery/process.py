@@ -34,12 +34,11 @@ from tocsin import logs
 from tocsin.db.engine import open_database
 from tocsin.delivery.endpoints import DeliverySettings, Endpoint
 from tocsin.delivery.worker import STOP_GRACE, DeliveryWorker
+from tocsin.restarts import Backoff
 from tocsin.tickets.store import TicketStore
 
 log = structlog.get_logger("tocsin.webhooks")
 
-MAX_BACKOFF = 30.0
-HEALTHY_RUN = 60.0  # a child that ran this long before exiting restarts without a pause
 STOP_SECONDS = STOP_GRACE + 5.0  # its grace for attempts in flight, then closing the store
 
 
@@ -66,14 +65,13 @@ class DeliveryProcess:
         self.starts = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        pause = 1.0
+        backoff = Backoff()
         while not stop.is_set():
             began = time.monotonic()
             code = await self._serve(stop)
             if stop.is_set():
                 return
-            if time.monotonic() - began >= HEALTHY_RUN:
-                pause = 1.0
+            pause = backoff.pause(time.monotonic() - began)
             log.error(
                 "webhook delivery process exited; starting it again",
                 exit_code=code,
@@ -82,7 +80,6 @@ class DeliveryProcess:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await stop.wait()
-            pause = min(MAX_BACKOFF, pause * 2)
 
     async def _serve(self, stop: asyncio.Event) -> int | None:
         """One child, from spawn to exit; return its exit code."""

@@ -38,14 +38,13 @@ from tocsin.monitor.pulls import PullSpec, probe_type, run_scheduler, schedule
 from tocsin.monitor.scheduler import PullScheduler, ResultSink
 from tocsin.probes.base import ProbeContext
 from tocsin.probes.observation import Observation, SubjectKey
+from tocsin.restarts import Backoff
 
 log = structlog.get_logger("tocsin.monitor")
 
 _LENGTH = struct.Struct(">I")
 ADD_BATCH = 2_000  # specs per `add` frame when the whole schedule is sent
 STOP_SECONDS = 5.0  # how long a stopping worker may take before it is killed
-MAX_BACKOFF = 30.0
-HEALTHY_RUN = 60.0  # a worker that ran this long before exiting restarts without a pause
 
 
 def _write(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
@@ -136,14 +135,13 @@ class WorkerPulls:
             _write(self._writer, ("batch", batch))
 
     async def run(self, started: asyncio.Event) -> None:
-        pause = 1.0
+        backoff = Backoff()
         try:
             while True:
                 began = time.monotonic()
                 code = await self._serve(started)
                 started.set()  # a worker that cannot start must not hold readiness forever
-                if time.monotonic() - began >= HEALTHY_RUN:
-                    pause = 1.0
+                pause = backoff.pause(time.monotonic() - began)
                 log.error(
                     "probe worker exited; starting it again",
                     exit_code=code,
@@ -151,7 +149,6 @@ class WorkerPulls:
                     pull_subjects=len(self._specs),
                 )
                 await asyncio.sleep(pause)
-                pause = min(MAX_BACKOFF, pause * 2)
         finally:
             started.set()
 
