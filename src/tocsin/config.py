@@ -257,8 +257,9 @@ class WebhookDeliveryConfig(_Model):
     poll_interval: Duration = timedelta(milliseconds=500)
     """How often new triggers and due retries are looked for when nothing else wakes it."""
     lease: Duration = timedelta(seconds=30)
-    """How long a claim outlives the longest it may take (twice the endpoint's timeout: an
-    attempt may wait behind one other): a crashed sender's claims are taken again after that."""
+    """How long a claim outlives the longest it may take (8 x the endpoint's timeout: claims run
+    ahead of the sends, a storm's in bigger batches): a crashed sender's claims are taken
+    again after that."""
     process: Literal["auto", "worker", "inline"] = "auto"
     """Where delivery runs: "worker", a child process on another core with its own connection
     to the store (a storm's webhooks do not wait for its tickets, nor the other way round);
