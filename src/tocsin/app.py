@@ -28,7 +28,7 @@ from tocsin.delivery.process import DeliveryProcess
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.service import WORKER_FROM, MonitorService, cpus, first
+from tocsin.monitor.service import MonitorService, cpus, first
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 
@@ -244,6 +244,13 @@ class Daemon:
                 await task
 
 
+# Subjects from which [webhook_delivery] process = "auto" means a process of its own. Measured
+# (bench_storm): a 20,000-ticket storm saturated the daemon's core inline (100 %) and left it
+# 59 % with the child, webhooks 18 % sooner; at 5,000 the child's gain (last webhook 9.6 -> 8.3
+# s) is not worth its ~100 MB on a small box.
+DELIVERY_WORKER_FROM = 20_000
+
+
 def delivery_in_worker(settings: Settings) -> bool:
     """Whether webhook delivery runs in a process of its own ([webhook_delivery] process)."""
     where = settings.config.webhook_delivery.process
@@ -251,7 +258,7 @@ def delivery_in_worker(settings: Settings) -> bool:
         return where == "worker"
     config = settings.config
     subjects = len(config.devices) + len(config.integrations)
-    return bool(config.webhooks) and subjects >= WORKER_FROM and cpus() > 1
+    return bool(config.webhooks) and subjects >= DELIVERY_WORKER_FROM and cpus() > 1
 
 
 def _keep_what_needs_a_restart(old: Settings, new: Settings) -> Settings:

@@ -263,7 +263,7 @@ class WebhookDeliveryConfig(_Model):
     process: Literal["auto", "worker", "inline"] = "auto"
     """Where delivery runs: "worker", a child process on another core with its own connection
     to the store (a storm's webhooks do not wait for its tickets, nor the other way round);
-    "inline", the daemon's own event loop; "auto", a worker when there is an endpoint, 2,000
+    "inline", the daemon's own event loop; "auto", a worker when there is an endpoint, 20,000
     subjects or more and more than one CPU. A reload that changes it restarts delivery."""
 
     @field_validator("schedule")

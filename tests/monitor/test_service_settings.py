@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import config_text
 from tocsin import app
+from tocsin.app import DELIVERY_WORKER_FROM
 from tocsin.config import ConfigError, parse, reuse_unchanged
 from tocsin.monitor import service
 from tocsin.monitor.service import WORKER_FROM, _in_worker
@@ -86,12 +87,12 @@ HOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 @pytest.mark.parametrize(
     ("mqtt", "hooks", "where", "cpus", "in_worker"),
     [
-        (WORKER_FROM, 1, None, 2, True),  # auto, a large site with an endpoint: any subjects
-        (WORKER_FROM - 1, 1, None, 2, False),  # auto, a small site
-        (WORKER_FROM, 0, None, 2, False),  # auto, nothing to deliver to
-        (WORKER_FROM, 1, None, 1, False),  # auto on one CPU: no core to gain
+        (DELIVERY_WORKER_FROM, 1, None, 2, True),  # auto, a large site with an endpoint
+        (DELIVERY_WORKER_FROM - 1, 1, None, 2, False),  # auto, a smaller site
+        (DELIVERY_WORKER_FROM, 0, None, 2, False),  # auto, nothing to deliver to
+        (DELIVERY_WORKER_FROM, 1, None, 1, False),  # auto on one CPU: no core to gain
         (0, 0, "worker", 1, True),
-        (WORKER_FROM, 1, "inline", 2, False),
+        (DELIVERY_WORKER_FROM, 1, "inline", 2, False),
     ],
 )
 def test_where_webhook_delivery_runs(
