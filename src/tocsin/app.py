@@ -19,7 +19,7 @@ from aiohttp import web
 from tocsin import sdnotify
 from tocsin.api.app import make_app
 from tocsin.api.context import API_CONTEXT
-from tocsin.config import Settings, reuse_unchanged, split_host_port
+from tocsin.config import Settings, split_host_port
 from tocsin.db import migrate, retention
 from tocsin.db.engine import open_database
 from tocsin.delivery import ops
@@ -28,9 +28,10 @@ from tocsin.delivery.process import DeliveryProcess
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.service import MonitorService, cpus, first
+from tocsin.monitor.service import MonitorService, cpus
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
+from tocsin.waits import first
 
 log = structlog.get_logger("tocsin")
 
@@ -59,7 +60,6 @@ class Daemon:
             readiness=self.readiness,
         )
         self._webhooks: tuple[asyncio.Event, asyncio.Task[None]] | None = None
-        self.delivery: DeliveryWorker | DeliveryProcess | None = None
         self._webhooks_pending = 0
 
     async def run(
@@ -193,8 +193,6 @@ class Daemon:
     async def reload(self, settings: Settings, group: asyncio.TaskGroup) -> None:
         """Apply a new, already validated config without a restart."""
         old = self.settings
-        # In a thread: comparing 100,000 subjects takes a second.
-        await asyncio.to_thread(reuse_unchanged, old.config, settings.config)
         settings = _keep_what_needs_a_restart(old, settings)
         self.settings = settings
         self.app[API_CONTEXT].reload(settings)
@@ -220,8 +218,9 @@ class Daemon:
     def _start_webhooks(self, group: asyncio.TaskGroup) -> None:
         settings = self.settings
         endpoints, delivery = endpoints_from(settings), delivery_settings(settings)
+        delivery_runner: DeliveryWorker | DeliveryProcess
         if delivery_in_worker(settings):
-            self.delivery = DeliveryProcess(
+            delivery_runner = DeliveryProcess(
                 settings.store_url,
                 endpoints,
                 delivery,
@@ -229,9 +228,9 @@ class Daemon:
                 log_format=settings.config.log.format,
             )
         else:
-            self.delivery = DeliveryWorker(self.store, endpoints, delivery)
+            delivery_runner = DeliveryWorker(self.store, endpoints, delivery)
         stop = asyncio.Event()
-        task = group.create_task(self.delivery.run(stop), name="tocsin-webhooks")
+        task = group.create_task(delivery_runner.run(stop), name="tocsin-webhooks")
         self._webhooks = (stop, task)
 
     async def _stop_webhooks(self) -> None:

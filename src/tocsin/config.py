@@ -417,8 +417,8 @@ class Settings:
     # Where relative paths point and where *_env secrets come from: probes read theirs at start.
     base_dir: Path | None = None
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # The daemon's own: the text it runs on, compressed (tocsin.reparse.pack), for a reload's
-    # child process to tell what changed. Empty elsewhere.
+    # The daemon's own: the text it runs on, compressed (load(keep_source=True)), for a
+    # reload's child process to tell what changed (tocsin.reparse). Empty elsewhere.
     source: bytes = field(default=b"", repr=False, compare=False)
 
 

@@ -20,7 +20,7 @@ from tocsin.cli.base import (
     out,
     with_database,
 )
-from tocsin.config import ConfigError, Settings, load
+from tocsin.config import ConfigError, Settings, load, reuse_unchanged
 from tocsin.db import backup, migrate
 from tocsin.db.engine import Database, StoreUrlError
 from tocsin.reparse import ReparseFailed, reparse
@@ -107,7 +107,7 @@ async def reload_settings(path: Path, running: Settings) -> Settings | None:
             return await reparse(path, running)
         except ReparseFailed as exc:  # e.g. the package was replaced under the running daemon
             log.warning("config reload: the child parse failed; parsing here", error=str(exc))
-            return await asyncio.to_thread(load, path, keep_source=True)
+            return await asyncio.to_thread(_load_sharing, path, running)
     except ConfigError as exc:
         log.error(
             "config reload refused: the new config is invalid; keeping the running one",
@@ -115,6 +115,14 @@ async def reload_settings(path: Path, running: Settings) -> Settings | None:
             problems=[str(p) for p in exc.problems],
         )
         return None
+
+
+def _load_sharing(path: Path, running: Settings) -> Settings:
+    """The config parsed here, with `running`'s objects in place of equal subjects (what the
+    child's plan does): what runs keeps the objects it was built from."""
+    new = load(path, keep_source=True)
+    reuse_unchanged(running.config, new.config)
+    return new
 
 
 def report_stuck_tasks() -> None:

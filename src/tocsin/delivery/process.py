@@ -36,6 +36,7 @@ from tocsin.delivery.endpoints import DeliverySettings, Endpoint
 from tocsin.delivery.worker import STOP_GRACE, DeliveryWorker
 from tocsin.restarts import Backoff
 from tocsin.tickets.store import TicketStore
+from tocsin.waits import first
 
 log = structlog.get_logger("tocsin.webhooks")
 
@@ -61,8 +62,6 @@ class DeliveryProcess:
             "log_level": log_level,
             "log_format": log_format,
         }
-        self.pid: int | None = None
-        self.starts = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = Backoff()
@@ -90,19 +89,15 @@ class DeliveryProcess:
         except OSError as exc:
             log.error("webhook delivery process could not start", error=str(exc))
             return None
-        self.pid, self.starts = process.pid, self.starts + 1
         assert process.stdin is not None
         try:
             process.stdin.write(pickle.dumps(self._hello, protocol=pickle.HIGHEST_PROTOCOL))
             with contextlib.suppress(ConnectionError):
                 await process.stdin.drain()
-            exited = asyncio.ensure_future(process.wait())
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            return await exited if exited.done() else await self._stop(process)
+            await first(process.wait(), stop.wait())
+            if process.returncode is not None:
+                return process.returncode
+            return await self._stop(process)
         finally:
             if process.returncode is None:  # cancelled: the daemon is going down
                 process.kill()
