@@ -3,15 +3,18 @@ writes: the same tickets, timeline events and trigger rows, gap-free sequences p
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.dialects import sqlite
 
 from tests.conftest import FakeClock
 from tests.test_store import monitor_open, snapshot, workflow_open
-from tocsin.db import migrate
-from tocsin.db.engine import open_database
+from tocsin.db import migrate, schema
+from tocsin.db.bulk import Bulk
+from tocsin.db.engine import Database, _json_text, open_database
 from tocsin.tickets.store import TicketStore
 
 IGNORED = {"id", "ticket_id", "event_id"}  # row ids differ only by insertion order
@@ -64,3 +67,63 @@ async def test_opening_in_bulk_writes_what_opening_one_by_one_writes(
 async def test_a_bulk_open_refuses_what_needs_a_look_up_first(store: TicketStore) -> None:
     with pytest.raises(ValueError, match="dedup_key"):
         await store.open_plain([(workflow_open(dedup_key="k"), datetime.now(UTC))])
+
+
+async def test_bulk_open_ids_link_each_ticket_to_its_own_event_and_trigger(
+    store: TicketStore, database: Database, clock: FakeClock
+) -> None:
+    await store.open(workflow_open())  # ids and seqs of the batch start past existing rows
+    requests = [monitor_open(org, subject_id=f"d{i}") for i in range(40) for org in ("a", "b")]
+    changes = await store.open_plain([(r, clock.now) for r in requests])
+    rows = await snapshot(database)
+    tickets = {(t["org"], t["seq"]): t["id"] for t in rows["tickets"]}
+    events = {e["id"]: e for e in rows["timeline_events"]}
+    triggers = {t["event_id"]: t for t in rows["triggers"]}
+    for change in changes:
+        assert change.event is not None
+        assert tickets[(change.ticket.org, change.ticket.seq)] == change.ticket.id
+        assert events[change.event.id]["ticket_id"] == change.ticket.id
+        trigger = triggers[change.event.id]
+        assert trigger["ticket_id"] == change.ticket.id
+        assert trigger["data"]["event"]["id"] == change.event.id
+        assert trigger["data"]["ticket"]["seq"] == change.ticket.seq
+    assert len({c.event.id for c in changes if c.event}) == len(requests)
+
+
+def test_bulk_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Any) -> None:
+    """Byte for byte the same values in the file as SQLAlchemy's own executemany writes, so
+    rows written either way compare and sort alike."""
+    table = schema.subject_states
+    statement = sqlite.insert(table)
+    moment = datetime(2026, 12, 2, 1, 2, 3, tzinfo=UTC)  # no microseconds: still .000000
+    rows = [
+        {
+            "org": "acme",
+            "subject_type": "device",
+            "subject_id": f"d{i}",
+            "name": "Pump",
+            "health": "down",
+            "flapping": i == 0,
+            "since": None if i == 0 else moment + timedelta(microseconds=i),
+            "ticket_seq": None if i == 0 else i,
+            "last_result": None if i == 0 else {"ok": False, "detail": "é"},
+            "state": {"health": "down", "n": [1, 2]},
+            "updated_at": moment.astimezone(timezone(timedelta(hours=2))),
+        }
+        for i in range(3)
+    ]
+    written = []
+    for name in ("sqlalchemy", "bulk"):
+        engine = create_engine(f"sqlite:///{tmp_path / name}.db", json_serializer=_json_text)
+        schema.metadata.create_all(engine)
+        with engine.begin() as conn:
+            if name == "bulk":
+                Bulk(statement, table, list(rows[0])).run(conn, rows)
+            else:
+                conn.execute(statement, rows)
+        with engine.connect() as conn:
+            written.append(conn.exec_driver_sql("SELECT * FROM subject_states").all())
+        engine.dispose()
+    assert written[0] == written[1]
+    with pytest.raises(ValueError, match="naive datetime"):
+        Bulk(statement, table, list(rows[0]))._values({**rows[0], "updated_at": datetime.now()})

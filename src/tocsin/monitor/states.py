@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tocsin.db import schema
+from tocsin.db.bulk import Bulk
 from tocsin.probes.observation import SubjectKey
 
 S = schema.subject_states
@@ -65,13 +66,12 @@ def _upsert(dialect: str) -> Insert:
     )
 
 
-_UPSERT = {name: _upsert(name) for name in ("sqlite", "postgresql")}
+_UPSERT = Bulk({name: _upsert(name) for name in ("sqlite", "postgresql")}, S)
 
 
 def save(conn: Connection, rows: list[StateRow]) -> None:
     """Upsert `rows` (a writer operation: run it through the store's GroupWriter)."""
-    if rows:
-        conn.execute(_UPSERT[conn.dialect.name], [row.params() for row in rows])
+    _UPSERT.run(conn, [row.params() for row in rows])
 
 
 _FORGET = S.delete().where(

@@ -166,7 +166,7 @@ def ticket_url(base_url: str, org: str, seq: int) -> str:
 
 def rfc3339(moment: datetime) -> str:
     """UTC with millisecond precision and a Z, the one spelling of time in the API."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def validate_kind(kind: str, source: Source) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tocsin.db import schema
+from tocsin.db.bulk import Bulk
 from tocsin.tickets.errors import DedupConflict, TicketNotFound
 from tocsin.tickets.model import (
     Actor,
@@ -116,14 +117,27 @@ def _take_seqs_statement(dialect: str) -> Insert:
 
 
 _TAKE_SEQS = {name: _take_seqs_statement(name) for name in ("sqlite", "postgresql")}
-_INSERT_TICKETS = insert(T).returning(T.c.id, sort_by_parameter_order=True)
-_INSERT_EVENTS = insert(E).returning(E.c.id, sort_by_parameter_order=True)
+_TICKET_COLUMNS = [c.name for c in T.columns if c.name != "id"]
+_EVENT_COLUMNS = [c.name for c in E.columns if c.name != "id"]
+_TRIGGER_COLUMNS = [c.name for c in schema.triggers.columns if c.name != "id"]
+_ADD_TICKETS = Bulk(insert(T), T, _TICKET_COLUMNS)
+_ADD_EVENTS = Bulk(insert(E), E, _EVENT_COLUMNS)
+_ADD_TRIGGERS = Bulk(insert(schema.triggers), schema.triggers, _TRIGGER_COLUMNS)
+_IDS_BY_SEQ = select(T.c.seq, T.c.id).where(
+    T.c.org == bindparam("org"), T.c.seq.between(bindparam("lo"), bindparam("hi"))
+)
+_OPENED_EVENT_IDS = select(E.c.ticket_id, E.c.id).where(
+    E.c.ticket_id.between(bindparam("lo"), bindparam("hi")), E.c.type == EventType.OPENED.value
+)
 
 
 def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> list[Change]:
     """Open a ticket for each request, in a handful of statements whatever their number: the
     health monitor's opens in a storm. Only for requests that look nothing up first (no
-    dedup_key, not a user's report); each gets the same rows `open_ticket` writes."""
+    dedup_key, not a user's report); each gets the same rows `open_ticket` writes.
+
+    The rows go in as plain executemany (see db.bulk); the new ids are read back by (org,
+    seq) and by ticket, which this transaction alone has written."""
     if any(r.dedup_key is not None or r.source is Source.USER for r, _ in batch):
         raise ValueError("open_plain takes no dedup_key and no user report")
     if not batch:
@@ -131,10 +145,11 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
     counts: dict[str, int] = {}
     for request, _ in batch:
         counts[request.org] = counts.get(request.org, 0) + 1
-    next_seq = {}
+    first_seq = {}
     for org, n in counts.items():
         last = int(conn.execute(_TAKE_SEQS[conn.dialect.name], {"org": org, "n": n}).scalar_one())
-        next_seq[org] = last - n + 1
+        first_seq[org] = last - n + 1
+    next_seq = dict(first_seq)
     tickets = []
     for request, now in batch:
         seq, next_seq[request.org] = next_seq[request.org], next_seq[request.org] + 1
@@ -155,13 +170,17 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
                 "resolved_at": None,
             }
         )
-    ids = conn.execute(_INSERT_TICKETS, tickets).scalars().all()
+    _ADD_TICKETS.run(conn, tickets)
+    ids: dict[tuple[str, int], int] = {}
+    for org, lo in first_seq.items():
+        found = conn.execute(_IDS_BY_SEQ, {"org": org, "lo": lo, "hi": next_seq[org] - 1})
+        ids.update(((org, seq), ticket_id) for seq, ticket_id in found)
     events = []
-    for values, ticket_id, (request, now) in zip(tickets, ids, batch, strict=True):
-        values["id"] = ticket_id
+    for values, (request, now) in zip(tickets, batch, strict=True):
+        values["id"] = ids[(values["org"], values["seq"])]
         events.append(
             {
-                "ticket_id": ticket_id,
+                "ticket_id": values["id"],
                 "type": EventType.OPENED.value,
                 "at": now,
                 "actor_type": request.actor.type.value,
@@ -169,17 +188,19 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
                 "payload": {},
             }
         )
-    event_ids = conn.execute(_INSERT_EVENTS, events).scalars().all()
+    _ADD_EVENTS.run(conn, events)
+    ours = {values["id"] for values in tickets}
+    found = conn.execute(_OPENED_EVENT_IDS, {"lo": min(ours), "hi": max(ours)})
+    event_ids = {ticket_id: event_id for ticket_id, event_id in found if ticket_id in ours}
     changes, triggers = [], []
     trigger = TRIGGERS[EventType.OPENED]
-    for values, event_id, (request, now) in zip(tickets, event_ids, batch, strict=True):
+    for values, (request, now) in zip(tickets, batch, strict=True):
         ticket = ticket_from_row(values)
-        event = TimelineEvent(event_id, EventType.OPENED, now, request.actor, {})
+        event = TimelineEvent(event_ids[ticket.id], EventType.OPENED, now, request.actor, {})
         changes.append(Change(ticket, event, OpenOutcome.CREATED))
         if trigger is not None:
             triggers.append(_trigger_row(ticket, event, trigger.value))
-    if triggers:
-        conn.execute(_INSERT_TRIGGER, triggers)
+    _ADD_TRIGGERS.run(conn, triggers)
     return changes
 
 
