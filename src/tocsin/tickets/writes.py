@@ -150,7 +150,7 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
         last = int(conn.execute(_TAKE_SEQS[conn.dialect.name], {"org": org, "n": n}).scalar_one())
         first_seq[org] = last - n + 1
     next_seq = dict(first_seq)
-    tickets = []
+    tickets: list[dict[str, Any]] = []
     for request, now in batch:
         seq, next_seq[request.org] = next_seq[request.org], next_seq[request.org] + 1
         tickets.append(
@@ -189,7 +189,7 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
             }
         )
     _ADD_EVENTS.run(conn, events)
-    ours = {values["id"] for values in tickets}
+    ours: set[int] = {values["id"] for values in tickets}
     found = conn.execute(_OPENED_EVENT_IDS, {"lo": min(ours), "hi": max(ours)})
     event_ids = {ticket_id: event_id for ticket_id, event_id in found if ticket_id in ours}
     changes, triggers = [], []
