@@ -3,6 +3,7 @@ lines on a terminal. A processor redacts secrets wherever they appear in an even
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -17,14 +18,24 @@ _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s:]+(:[^/@\
 _BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """Is `key` a secret's name? Keys are few (the code's own field names): remembered."""
+    return _SECRET_KEY.search(key) is not None
+
+
 def redact_value(value: Any) -> Any:
     if isinstance(value, str):
-        value = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", value)
-        return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        # The patterns cannot match without these; checking first makes a line with nothing
+        # to hide (nearly all of them) cost a few substring tests, not two regex scans.
+        if "@" in value and "://" in value:
+            value = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", value)
+        lowered = value.lower()
+        if "bearer" in lowered or "basic" in lowered:
+            value = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", value)
+        return value
     if isinstance(value, dict):
-        return {
-            k: REDACTED if _SECRET_KEY.search(str(k)) else redact_value(v) for k, v in value.items()
-        }
+        return {k: REDACTED if _secret_key(str(k)) else redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(redact_value(v) for v in value)
     return value
@@ -35,7 +46,7 @@ def redact_secrets(
 ) -> MutableMapping[str, Any]:
     """structlog processor: secret-named keys are replaced, credentials in text are masked."""
     for key in list(event):
-        if _SECRET_KEY.search(key):
+        if _secret_key(key):
             event[key] = REDACTED
         else:
             event[key] = redact_value(event[key])

@@ -13,7 +13,13 @@ import pytest
 from tocsin.db.engine import Database
 from tocsin.monitor import states
 from tocsin.monitor.applier import Pending
-from tocsin.monitor.runtime import SAVE_DEFER_SECONDS, SAVE_EVERY_SECONDS, HealthMonitor
+from tocsin.monitor.runtime import (
+    BURST_CHANGES,
+    BURST_QUIET,
+    SAVE_DEFER_SECONDS,
+    SAVE_EVERY_SECONDS,
+    HealthMonitor,
+)
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.model import Actor, ActorType, EventType, Source, State
 from tocsin.tickets.store import TicketStore
@@ -364,6 +370,44 @@ async def test_state_saves_wait_while_ticket_changes_wait_for_the_store(
     assert not tracked.dirty  # but not for ever
     rows = await states.load(tickets.database.read)
     assert rows[0].health == "failing"
+
+
+async def test_state_saves_wait_while_a_burst_of_changes_is_arriving(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    keys = [SubjectKey("acme", "device", f"d{i}") for i in range(BURST_CHANGES)]
+    for key in keys:
+        monitor.configure(key, key.id, monitor.default_windows)
+        monitor.observe(key, up())
+    await monitor.save(force=True)
+
+    def dirty() -> list[bool]:
+        subjects = monitor.subjects()
+        return [subjects[key].dirty for key in keys]
+
+    clocks.advance(SAVE_EVERY_SECONDS + 1)
+    for key in keys[:-1]:
+        monitor.observe(key, down())
+    await monitor.save()  # one short of a burst: saved as usual
+    assert not any(dirty())
+    clocks.advance(SAVE_EVERY_SECONDS + 1)
+    for key in keys:
+        monitor.observe(key, down() if key == keys[-1] else up())
+    await monitor.save()  # a burst, its latest change just now: held back
+    assert all(dirty())
+    clocks.advance(BURST_QUIET)
+    await monitor.save()  # the burst is over: saved
+    assert not any(dirty())
+    for key in keys:
+        monitor.observe(key, down())
+    for _ in range(int(SAVE_DEFER_SECONDS)):  # a burst that never ends...
+        clocks.advance(1)
+        monitor.observe(keys[0], up() if clocks.mono % 2 else down())
+        await monitor.save()
+    assert not any(dirty()[1:])  # ...is saved all the same
+    rows = await states.load(tickets.database.read)
+    assert {row.health for row in rows if row.key in keys[1:]} == {"failing"}
 
 
 async def test_a_reload_saves_a_subject_again_only_when_its_name_changed(
