@@ -11,8 +11,6 @@ no resolve or reopen while flapping.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from tocsin.probes.observation import Health, Observation
 from tocsin.tickets.model import Kind
 from tocsin.tracker import text
@@ -42,6 +40,7 @@ from tocsin.tracker.state import (
     SubjectHealth,
     SubjectState,
     Windows,
+    evolve,
 )
 
 UNKNOWN = SubjectHealth.UNKNOWN
@@ -76,7 +75,7 @@ def step(
             state = _opened(state, seq, windows, out)
         case TicketStartedByPerson(seq=seq):
             if _is_current(state, seq, out, want_open=True):
-                state = replace(state, ticket=replace(_ticket(state), in_progress=True))
+                state = evolve(state, ticket=evolve(_ticket(state), in_progress=True))
         case TicketResolvedByPerson(seq=seq, at=at):
             if _is_current(state, seq, out, want_open=True):
                 state = _resolved_by_person(state, now if at is None else now.at_wall(at))
@@ -92,7 +91,7 @@ def step(
 def _observe(
     s: SubjectState, obs: Observation, now: Now, w: Windows, out: list[Decision]
 ) -> SubjectState:
-    s = replace(s, recent=(*s.recent, ProbeResult(now, obs))[-RECENT_RESULTS:])
+    s = evolve(s, recent=(*s.recent, ProbeResult(now, obs))[-RECENT_RESULTS:])
     if obs.health is Health.UNKNOWN:
         return _unknown(s, now, out)
     if obs.health is Health.HEALTHY:
@@ -109,7 +108,7 @@ def _unknown(s: SubjectState, now: Now, out: list[Decision]) -> SubjectState:
     else:
         out.append(Note(Reason.BECAME_UNKNOWN, f"state unknown (was {s.health})"))
     outage_goes_on = s.ticket_open and s.health is not FAILING
-    return replace(
+    return evolve(
         s,
         health=UNKNOWN,
         since=now,
@@ -120,26 +119,26 @@ def _unknown(s: SubjectState, now: Now, out: list[Decision]) -> SubjectState:
 
 def _healthy(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> SubjectState:
     if s.ticket is not None and s.ticket.unhealthy_at_resolution:
-        s = replace(s, ticket=replace(s.ticket, unhealthy_at_resolution=False))
+        s = evolve(s, ticket=evolve(s.ticket, unhealthy_at_resolution=False))
     match s.health:
         case SubjectHealth.UNKNOWN if s.ticket_open:
             out.append(Note(Reason.RECOVERING, "healthy: the recovery window started"))
-            return replace(s, health=RECOVERING, since=now, first_success=now)
+            return evolve(s, health=RECOVERING, since=now, first_success=now)
         case SubjectHealth.UNKNOWN:
-            return replace(s, health=UP, since=now, first_failure=None, first_success=now)
+            return evolve(s, health=UP, since=now, first_failure=None, first_success=now)
         case SubjectHealth.FAILING if s.ticket_open:
             # Failing on a ticket left open (or reopened by a person): its recovery is news.
             out.append(Note(Reason.RECOVERING, "healthy: the recovery window started"))
             s = _changed(s, now, w, out)
-            return replace(s, health=RECOVERING, since=now, first_success=now)
+            return evolve(s, health=RECOVERING, since=now, first_success=now)
         case SubjectHealth.FAILING:
             out.append(Note(Reason.DEBOUNCE_CANCELLED, "healthy inside the debounce window"))
             s = _changed(s, now, w, out)
-            return replace(s, health=UP, since=now, first_failure=None, first_success=now)
+            return evolve(s, health=UP, since=now, first_failure=None, first_success=now)
         case SubjectHealth.DOWN:
             out.append(Note(Reason.RECOVERING, "healthy: the recovery window started"))
             s = _changed(s, now, w, out)
-            return replace(s, health=RECOVERING, since=now, first_success=now)
+            return evolve(s, health=RECOVERING, since=now, first_success=now)
         case _:  # up, recovering: the streak goes on
             return s
 
@@ -148,14 +147,14 @@ def _unhealthy(
     s: SubjectState, obs: Observation, now: Now, w: Windows, out: list[Decision]
 ) -> SubjectState:
     nature = Nature(obs.kind_hint, obs.error_class)
-    previous, s = s.nature, replace(s, nature=nature)
+    previous, s = s.nature, evolve(s, nature=nature)
     match s.health:
         case SubjectHealth.UNKNOWN if s.ticket_open:
-            s = replace(s, health=DOWN, since=now, first_failure=s.first_failure or now)
-            s = replace(s, first_success=None)
+            s = evolve(s, health=DOWN, since=now, first_failure=s.first_failure or now)
+            s = evolve(s, first_success=None)
             ticket = _ticket(s)
             if ticket.recovery_noted:  # it said "recovered": say it is down again, once
-                s = replace(s, ticket=replace(ticket, recovery_noted=False))
+                s = evolve(s, ticket=evolve(ticket, recovery_noted=False))
                 if ticket.seq is not None:
                     body = text.failed_again_comment(now, s.recent[-1])
                     out.append(Comment(ticket.seq, body, Reason.FAILED_AGAIN))
@@ -164,7 +163,7 @@ def _unhealthy(
             out.append(Note(Reason.FAILING, f"unhealthy: {obs.detail}"))
             if s.health is UP:
                 s = _changed(s, now, w, out)
-            return replace(
+            return evolve(
                 s,
                 health=FAILING,
                 since=now,
@@ -174,11 +173,11 @@ def _unhealthy(
                 last_failure=now,
             )
         case SubjectHealth.FAILING:
-            return replace(s, failures=s.failures + 1, last_failure=now)
+            return evolve(s, failures=s.failures + 1, last_failure=now)
         case SubjectHealth.RECOVERING:
             out.append(Note(Reason.RELAPSED, f"unhealthy again while recovering: {obs.detail}"))
             s = _changed(s, now, w, out)
-            s = replace(s, health=DOWN, since=now, first_success=None)
+            s = evolve(s, health=DOWN, since=now, first_success=None)
         case SubjectHealth.DOWN:
             pass
     # Down on an open ticket: say so when the failure changed nature, and only then.
@@ -193,14 +192,14 @@ def _changed(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
     """Count a state change; past the threshold the subject is flapping (noted once)."""
     changes = _recent(s.changes, now, w)
     changes = (*changes, now.mono)[-min(MAX_CHANGES, w.flap_threshold + 1) :]
-    s = replace(s, changes=changes)
+    s = evolve(s, changes=changes)
     if s.flapping or len(changes) <= w.flap_threshold:
         return s
-    s = replace(s, flapping=True)
+    s = evolve(s, flapping=True)
     body = text.flapping_note(len(changes), w.flap_window)
     if s.ticket is not None and s.ticket.open and s.ticket.seq is not None:
         out.append(Comment(s.ticket.seq, body, Reason.FLAPPING))
-        return replace(s, ticket=replace(s.ticket, flap_noted=True))
+        return evolve(s, ticket=evolve(s.ticket, flap_noted=True))
     out.append(Note(Reason.FLAPPING, body))
     return s
 
@@ -233,11 +232,11 @@ def _advance(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
     """Apply what the passing of time decides: flapping clearing, debounce, recovery."""
     changes = _recent(s.changes, now, w)
     if changes != s.changes:
-        s = replace(s, changes=changes)
+        s = evolve(s, changes=changes)
     if s.flapping and not s.changes:
         out.append(Note(Reason.FLAPPING_STOPPED, "no state change for a flap window"))
-        ticket = replace(s.ticket, flap_noted=False) if s.ticket is not None else None
-        s = replace(s, flapping=False, ticket=ticket)
+        ticket = evolve(s.ticket, flap_noted=False) if s.ticket is not None else None
+        s = evolve(s, flapping=False, ticket=ticket)
     if s.since is None:
         return s
     elapsed = now.seconds_since(s.since)
@@ -260,13 +259,13 @@ def _confirmed(s: SubjectState, w: Windows) -> bool:
 def _debounce_elapsed(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> SubjectState:
     ticket = s.ticket
     since = s.first_failure or now
-    down = replace(s, health=DOWN, since=now, first_failure=since)
+    down = evolve(s, health=DOWN, since=now, first_failure=since)
     if ticket is not None and ticket.open:
         # One ticket per subject. If it said "recovered" (and was left open), say it failed again.
         if ticket.seq is not None and ticket.recovery_noted:
             body = text.failed_again_comment(since, text.last_failure(s.recent))
             out.append(Comment(ticket.seq, body, Reason.FAILED_AGAIN))
-        return replace(down, ticket=replace(ticket, recovery_noted=False))
+        return evolve(down, ticket=evolve(ticket, recovery_noted=False))
     kind = _kind(s)
     resolved = ticket.resolved_at if ticket is not None else None
     if (
@@ -284,10 +283,10 @@ def _debounce_elapsed(s: SubjectState, now: Now, w: Windows, out: list[Decision]
         )
         body = text.reopen_comment(reason, resolved, since, s.recent, ticket.kind, kind)
         out.append(ReopenTicket(ticket.seq, body, reason))
-        return replace(down, ticket=MonitorTicket(seq=ticket.seq, kind=ticket.kind))
+        return evolve(down, ticket=MonitorTicket(seq=ticket.seq, kind=ticket.kind))
     description = text.open_description(s.subject, kind, since, s.recent, flapping=s.flapping)
     out.append(OpenTicket(kind, description, Reason.OPEN))
-    return replace(down, ticket=MonitorTicket(seq=None, kind=kind, flap_noted=s.flapping))
+    return evolve(down, ticket=MonitorTicket(seq=None, kind=kind, flap_noted=s.flapping))
 
 
 def _recovery_elapsed(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> SubjectState:
@@ -295,18 +294,18 @@ def _recovery_elapsed(s: SubjectState, now: Now, w: Windows, out: list[Decision]
     if s.flapping or ticket.seq is None:
         return s  # held: resolve after a stable recovery / once the store told the seq
     recovered_at = s.first_success or now
-    up = replace(s, health=UP, since=now, first_failure=None)
+    up = evolve(s, health=UP, since=now, first_failure=None)
     left_open = _left_open(ticket, w)
     body = text.recovery_comment(
         s.first_failure, recovered_at, now, s.recent[-1] if s.recent else None, left_open=left_open
     )
     if left_open is None:
         out.append(ResolveTicket(ticket.seq, body, Reason.AUTO_RESOLVE))
-        closed = replace(ticket, open=False, in_progress=False, resolved_at=now)
-        return replace(up, ticket=replace(closed, resolved_by_person=False, recovery_noted=False))
+        closed = evolve(ticket, open=False, in_progress=False, resolved_at=now)
+        return evolve(up, ticket=evolve(closed, resolved_by_person=False, recovery_noted=False))
     if not ticket.recovery_noted:
         out.append(Comment(ticket.seq, body, Reason.RECOVERED_NOTE))
-    return replace(up, ticket=replace(ticket, recovery_noted=True))
+    return evolve(up, ticket=evolve(ticket, recovery_noted=True))
 
 
 def _left_open(ticket: MonitorTicket, w: Windows) -> str | None:
@@ -328,16 +327,16 @@ def _opened(s: SubjectState, seq: int, w: Windows, out: list[Decision]) -> Subje
     if ticket is None or not ticket.open or ticket.seq is not None:
         out.append(Note(Reason.IGNORED, f"#{seq} opened, but no open was pending"))
         return s
-    ticket = replace(ticket, seq=seq)
+    ticket = evolve(ticket, seq=seq)
     if s.flapping and not ticket.flap_noted:
         out.append(Comment(seq, text.flapping_note(len(s.changes), w.flap_window), Reason.FLAPPING))
-        ticket = replace(ticket, flap_noted=True)
-    return replace(s, ticket=ticket)
+        ticket = evolve(ticket, flap_noted=True)
+    return evolve(s, ticket=ticket)
 
 
 def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
     unhealthy = s.health in (FAILING, DOWN)
-    ticket = replace(
+    ticket = evolve(
         _ticket(s),
         open=False,
         in_progress=False,
@@ -347,16 +346,16 @@ def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
         unhealthy_at_resolution=unhealthy,
         recovery_noted=False,
     )
-    s = replace(s, ticket=ticket)
+    s = evolve(s, ticket=ticket)
     if unhealthy:  # the debounce runs from the resolution, which counts as one failed look
-        return replace(s, health=FAILING, since=when, failures=1, last_failure=when)
+        return evolve(s, health=FAILING, since=when, failures=1, last_failure=when)
     if s.health is RECOVERING:
-        return replace(s, health=UP, since=when, first_failure=None)
+        return evolve(s, health=UP, since=when, first_failure=None)
     return s
 
 
 def _reopened_by_person(s: SubjectState) -> SubjectState:
-    ticket = replace(
+    ticket = evolve(
         _ticket(s),
         open=True,
         in_progress=False,
@@ -366,7 +365,7 @@ def _reopened_by_person(s: SubjectState) -> SubjectState:
         unhealthy_at_resolution=False,
         recovery_noted=False,
     )
-    return replace(s, ticket=ticket)
+    return evolve(s, ticket=ticket)
 
 
 def _is_current(s: SubjectState, seq: int, out: list[Decision], *, want_open: bool) -> bool:
