@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import bindparam, create_engine, update
 from sqlalchemy.dialects import sqlite
 
 from tests.conftest import FakeClock
@@ -118,7 +118,7 @@ def test_bulk_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Any) -> None:
         schema.metadata.create_all(engine)
         with engine.begin() as conn:
             if name == "bulk":
-                Bulk(statement, table, list(rows[0])).run(conn, rows)
+                Bulk(statement, list(rows[0])).run(conn, rows)
             else:
                 conn.execute(statement, rows)
         with engine.connect() as conn:
@@ -126,4 +126,49 @@ def test_bulk_rows_read_back_as_sqlalchemy_wrote_them(tmp_path: Any) -> None:
         engine.dispose()
     assert written[0] == written[1]
     with pytest.raises(ValueError, match="naive datetime"):
-        Bulk(statement, table, list(rows[0]))._values({**rows[0], "updated_at": datetime.now()})
+        Bulk(statement, list(rows[0]))._values({**rows[0], "updated_at": datetime.now()})
+
+
+def test_a_bulk_update_writes_the_statements_own_values_and_counts_its_rows(
+    tmp_path: Any,
+) -> None:
+    table = schema.subject_states
+    moment = datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=UTC)
+    change = (
+        update(table)
+        .where(table.c.subject_id == bindparam("which"))
+        .values(health="up", since=bindparam("at"), last_result=None)
+    )
+    written = []
+    for name in ("sqlalchemy", "bulk"):
+        engine = create_engine(f"sqlite:///{tmp_path / name}.db", json_serializer=_json_text)
+        schema.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(
+                sqlite.insert(table),
+                [
+                    {
+                        "org": "acme",
+                        "subject_type": "device",
+                        "subject_id": f"d{i}",
+                        "name": "Pump",
+                        "health": "down",
+                        "flapping": False,
+                        "last_result": {"ok": False},
+                        "state": {},
+                        "updated_at": moment,
+                    }
+                    for i in range(3)
+                ],
+            )
+            rows = [{"which": "d0", "at": moment}, {"which": "d2", "at": moment}]
+            rows.append({"which": "gone", "at": moment})
+            if name == "bulk":
+                assert Bulk(change).run(conn, rows) == 2
+            else:
+                assert conn.execute(change, rows).rowcount == 2
+        with engine.connect() as conn:
+            written.append(conn.exec_driver_sql("SELECT * FROM subject_states").all())
+        engine.dispose()
+    assert written[0] == written[1]
+    assert [row[4] for row in written[1]] == ["up", "down", "up"]

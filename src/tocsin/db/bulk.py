@@ -1,34 +1,29 @@
 """Many rows in one executemany, without SQLAlchemy's per-row parameter processing.
 
-SQLAlchemy runs every row's parameters through the column types in Python before the driver
+SQLAlchemy runs every row's parameters through the bind types in Python before the driver
 sees them (the UTC datetime decorator, then SQLite's datetime string, JSON encoding), and an
 INSERT with RETURNING goes row by row on SQLite. For a storm's 5,000 tickets, timeline events
-and trigger rows that was two thirds of the writer's time. On SQLite a `Bulk` compiles its
-statement once and hands the rows straight to sqlite3's executemany, each value converted as
-its column's type would (so SQLAlchemy reads them back the same); on other databases it is
-SQLAlchemy's own executemany.
+and trigger rows that was two thirds of the writer's time, and the same again for webhook
+deliveries. On SQLite a `Bulk` compiles its statement once and hands the rows straight to
+sqlite3's executemany, each value converted as its bind's type would (so SQLAlchemy reads them
+back the same); on other databases it is SQLAlchemy's own executemany.
 """
 
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Table
+from sqlalchemy import JSON, Boolean, Integer, String
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import UpdateBase
 
 from tocsin.db.schema import UTCDateTime
 
 Convert = Callable[[Any], Any]
-
-
-def _same(value: Any) -> Any:
-    return value
 
 
 def _utc_text(value: datetime | None) -> str | None:
@@ -51,53 +46,67 @@ def _json_converter(column_type: JSON) -> Convert:
     return convert
 
 
-def _converter(table: Table, name: str) -> Convert:
-    column = table.c.get(name)
-    if column is None:
-        return _same
-    if isinstance(column.type, UTCDateTime):
+def _converter(bind_type: Any) -> Convert | None:
+    """How a value of `bind_type` goes to sqlite3; None: as it is."""
+    if isinstance(bind_type, UTCDateTime):
         return _utc_text
-    if isinstance(column.type, JSON):
-        return _json_converter(column.type)
-    return _same
+    if isinstance(bind_type, JSON):
+        return _json_converter(bind_type)
+    if isinstance(bind_type, String | Integer | Boolean):  # sqlite3 takes these unchanged
+        return None
+    raise TypeError(f"Bulk does not know how to write a {type(bind_type).__name__} parameter")
 
 
 class Bulk:
-    """An INSERT (or upsert) of `table` taking a list of dicts keyed by column name.
+    """An INSERT, upsert or UPDATE run with a list of dicts keyed by its parameters' names
+    (for a plain INSERT, the `columns` its rows give).
 
     `statement` is one for every database, or one per dialect name (an upsert's ON CONFLICT is
-    spelt per dialect); `columns` are the keys a plain INSERT's rows give."""
+    spelt per dialect). `run` returns the rows changed."""
 
     def __init__(
         self,
-        statement: Insert | Mapping[str, Insert],
-        table: Table,
+        statement: UpdateBase | Mapping[str, UpdateBase],
         columns: Sequence[str] = (),
     ) -> None:
         self._statements = statement if isinstance(statement, Mapping) else None
-        self._statement = statement if isinstance(statement, Insert) else statement["sqlite"]
+        self._statement = statement["sqlite"] if isinstance(statement, Mapping) else statement
         compiled = self._statement.compile(dialect=sqlite.dialect(), column_keys=list(columns))
         if compiled.positiontup is None:  # pragma: no cover - SQLite's paramstyle is qmark
             raise TypeError("the statement did not compile to positional parameters")
         self._sql = str(compiled)
-        self._names = tuple(compiled.positiontup)
-        converters = [_converter(table, name) for name in self._names]
-        self._get = operator.itemgetter(*self._names)
-        self._convert = [(i, c) for i, c in enumerate(converters) if c is not _same]
+        names = list(compiled.positiontup)
+        binds = [compiled.binds[name] for name in names]
+        # A value the statement itself gives (status='delivered') is a bind with its value.
+        self._template: list[Any] = []
+        self._from_row: list[tuple[int, str]] = []
+        self._convert: list[tuple[int, Convert]] = []
+        for i, (name, bind) in enumerate(zip(names, binds, strict=True)):
+            convert = _converter(bind.type)
+            if bind.required:
+                self._template.append(None)
+                self._from_row.append((i, name))
+                if convert is not None:
+                    self._convert.append((i, convert))
+            else:
+                value = bind.effective_value
+                self._template.append(value if convert is None else convert(value))
 
-    def run(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    def run(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         if not rows:
-            return
+            return 0
         dialect = conn.dialect.name
         if dialect != "sqlite":
             statements = self._statements
-            conn.execute(statements[dialect] if statements else self._statement, list(rows))
-            return
-        conn.exec_driver_sql(self._sql, [self._values(row) for row in rows])
+            statement = statements[dialect] if statements else self._statement
+            return int(conn.execute(statement, list(rows)).rowcount)
+        result = conn.exec_driver_sql(self._sql, [self._values(row) for row in rows])
+        return int(result.rowcount)
 
-    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        got = self._get(row)
-        values = list(got) if len(self._names) > 1 else [got]
+    def _values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        values = self._template.copy()
+        for i, name in self._from_row:
+            values[i] = row[name]
         for i, convert in self._convert:
             values[i] = convert(values[i])
         return tuple(values)

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tocsin.db import schema
+from tocsin.db.bulk import Bulk
 from tocsin.delivery.endpoints import Endpoint
 from tocsin.delivery.payload import TriggerRow
 
@@ -64,6 +65,22 @@ def _insert_ignoring_duplicates(dialect: str, table: Any) -> Insert:
         table
     ).on_conflict_do_nothing()
 
+
+_ADD_DELIVERIES = Bulk(
+    {name: _insert_ignoring_duplicates(name, D) for name in ("sqlite", "postgresql")},
+    [
+        "trigger_id",
+        "endpoint",
+        "org",
+        "ticket_id",
+        "type",
+        "msg_id",
+        "status",
+        "attempts",
+        "created_at",
+        "next_attempt_at",
+    ],
+)
 
 # -- endpoints -------------------------------------------------------------------------------
 
@@ -135,8 +152,7 @@ def fan_out(
         for endpoint in endpoints
         if endpoint.wants(row.org, row.type)
     ]
-    if values:
-        conn.execute(_insert_ignoring_duplicates(conn.dialect.name, D), values)
+    _ADD_DELIVERIES.run(conn, values)
     moved = conn.execute(_MOVE_CURSOR, {"old": position, "new": rows[-1].id}).rowcount
     if moved != 1:
         raise CursorMoved("the webhooks cursor moved under this fan-out")

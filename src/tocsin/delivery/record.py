@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from tocsin.db.bulk import Bulk
 from tocsin.delivery.outbox import Claimed, D, Status, W
 from tocsin.delivery.schedule import RetryPolicy
 from tocsin.tickets.model import rfc3339
@@ -83,6 +84,7 @@ _ENDPOINT_FAILED = (
         disabled_reason=bindparam("off_reason"),
     )
 )
+_DELIVERED_MANY = Bulk(_DELIVERED)
 # Successes in a burst touch the endpoint's row at most this often.
 SUCCESS_STAMP_EVERY = timedelta(seconds=1)
 
@@ -164,7 +166,7 @@ def record(
     ]
     if not delivered:
         return recorded
-    changed = conn.execute(_DELIVERED, delivered).rowcount
+    changed = _DELIVERED_MANY.run(conn, delivered)
     if changed != len(delivered) or not conn.dialect.supports_sane_multi_rowcount:
         # Some claims had been lost (a lease expired and another attempt took over): say which.
         attempt_of = {d["delivery_id"]: d["attempt"] for d in delivered}

@@ -66,7 +66,7 @@ def _upsert(dialect: str) -> Insert:
     )
 
 
-_UPSERT = Bulk({name: _upsert(name) for name in ("sqlite", "postgresql")}, S)
+_UPSERT = Bulk({name: _upsert(name) for name in ("sqlite", "postgresql")})
 
 
 def save(conn: Connection, rows: list[StateRow]) -> None:

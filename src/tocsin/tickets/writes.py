@@ -120,9 +120,9 @@ _TAKE_SEQS = {name: _take_seqs_statement(name) for name in ("sqlite", "postgresq
 _TICKET_COLUMNS = [c.name for c in T.columns if c.name != "id"]
 _EVENT_COLUMNS = [c.name for c in E.columns if c.name != "id"]
 _TRIGGER_COLUMNS = [c.name for c in schema.triggers.columns if c.name != "id"]
-_ADD_TICKETS = Bulk(insert(T), T, _TICKET_COLUMNS)
-_ADD_EVENTS = Bulk(insert(E), E, _EVENT_COLUMNS)
-_ADD_TRIGGERS = Bulk(insert(schema.triggers), schema.triggers, _TRIGGER_COLUMNS)
+_ADD_TICKETS = Bulk(insert(T), _TICKET_COLUMNS)
+_ADD_EVENTS = Bulk(insert(E), _EVENT_COLUMNS)
+_ADD_TRIGGERS = Bulk(insert(schema.triggers), _TRIGGER_COLUMNS)
 _IDS_BY_SEQ = select(T.c.seq, T.c.id).where(
     T.c.org == bindparam("org"), T.c.seq.between(bindparam("lo"), bindparam("hi"))
 )
