@@ -79,9 +79,11 @@ async def running(pulls: WorkerPulls) -> AsyncIterator[asyncio.Event]:
     task = asyncio.create_task(pulls.run(started))
     await asyncio.sleep(0.5)
     assert not started.is_set()  # the process may start, but checks wait for go()
+    assert not pulls.handed_over.is_set()  # MQTT waits for the schedule to be sent
     pulls.go()
     try:
         async with asyncio.timeout(20):
+            await pulls.handed_over.wait()
             await started.wait()
         yield started
     finally:

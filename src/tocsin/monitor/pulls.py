@@ -29,6 +29,9 @@ PullSpec = HttpSpec | SnmpSpec | CredentialCheckSpec
 
 
 class PullRunner(Protocol):
+    handed_over: asyncio.Event
+    """Set once the first schedule is where the probes run (or they could not start)."""
+
     def __len__(self) -> int: ...
 
     def add(self, key: SubjectKey, spec: PullSpec, interval: float) -> None: ...
@@ -134,6 +137,7 @@ class InlinePulls:
         self.metrics = metrics
         self._limits = (max_concurrency, per_host)
         self._go = asyncio.Event()
+        self.handed_over = self._go  # the schedule is in place once `go` is said
         self.scheduler = PullScheduler(
             sink,
             max_concurrency=max_concurrency,

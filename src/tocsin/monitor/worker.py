@@ -93,6 +93,9 @@ class WorkerPulls:
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[tuple[Any, ...]] = []
         self._go = asyncio.Event()
+        # Set once the first schedule is written out (or the worker could not start): MQTT
+        # traffic waits for it, else 100,000 subjects' messages hold the writes up for seconds.
+        self.handed_over = asyncio.Event()
         self.pid: int | None = None
         self.starts = 0  # worker processes started, restarts included
 
@@ -141,6 +144,7 @@ class WorkerPulls:
                 began = time.monotonic()
                 code = await self._serve(started)
                 started.set()  # a worker that cannot start must not hold readiness forever
+                self.handed_over.set()
                 pause = backoff.pause(time.monotonic() - began)
                 log.error(
                     "probe worker exited; starting it again",
@@ -151,6 +155,7 @@ class WorkerPulls:
                 await asyncio.sleep(pause)
         finally:
             started.set()
+            self.handed_over.set()
 
     async def _serve(self, started: asyncio.Event) -> int | None:
         """One worker process, from spawn to exit; return its exit code."""
@@ -183,6 +188,8 @@ class WorkerPulls:
             _write(writer, ("retry", list(self._retries.items())))
             _write(writer, ("go",))
             self._writer, self._outbox = writer, []
+            await writer.drain()
+            self.handed_over.set()
             while (message := await _read(reader)) is not None:
                 if message[0] == "results":
                     self._deliver(message[1])
