@@ -76,6 +76,7 @@ class DecisionApplier:
         self._idle = asyncio.Event()
         self._idle.set()
         self._running = False
+        self._busy: set[SubjectKey] = set()  # subjects whose head is with the store now
         self.coalesced = 0  # comments given up to keep memory bounded during a store outage
 
     def __len__(self) -> int:
@@ -92,7 +93,7 @@ class DecisionApplier:
         self._wake.set()
 
     def _make_room(self, line: deque[Pending]) -> None:
-        # Never the head: it may be in flight in the current round.
+        # Never the head: it may be with the store now.
         for i in range(1, len(line)):
             if isinstance(line[i].decision, Comment):
                 dropped = line[i]
@@ -126,34 +127,65 @@ class DecisionApplier:
             self._idle.set()
 
     async def _loop(self) -> None:
-        backoff = RETRY_MIN
-        while True:
-            if not self._lines:
-                self._idle.set()
+        """Send each subject's next decision as soon as its last one is written: the heads
+        ready now go to the store together while earlier batches may still be in the writer,
+        so a decision taken during a storm's transaction is in the next one, not the next
+        round. After a refusal nothing new goes until the backoff has passed."""
+        loop = asyncio.get_running_loop()
+        backoff, retry_at = RETRY_MIN, float("-inf")
+        batches: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                if loop.time() >= retry_at:
+                    heads = [line[0] for key, line in self._lines.items() if key not in self._busy]
+                    if heads:
+                        self._busy.update(p.key for p in heads)
+                        batches.add(asyncio.create_task(self._apply_heads(heads)))
+                if not batches and not self._lines:
+                    self._idle.set()
                 self._wake.clear()
-                await self._wake.wait()
-            if await self._round():
-                backoff = RETRY_MIN
-                continue
-            self._idle.set()  # nothing more will land until the store is back
-            await asyncio.sleep(backoff)
-            backoff = min(RETRY_MAX, backoff * 2)
+                waker = asyncio.create_task(self._wake.wait())
+                timeout = None if retry_at <= loop.time() else retry_at - loop.time()
+                try:
+                    done, _ = await asyncio.wait(
+                        {waker, *batches}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    waker.cancel()
+                for batch in done & batches:
+                    batches.discard(batch)
+                    if batch.result():
+                        backoff = RETRY_MIN
+                    else:
+                        self._idle.set()  # nothing more will land until the store is back
+                        retry_at = loop.time() + backoff
+                        backoff = min(RETRY_MAX, backoff * 2)
+        finally:
+            for batch in batches:
+                batch.cancel()
+            await asyncio.gather(*batches, return_exceptions=True)
 
     async def _round(self) -> bool:
-        """Apply the head of every subject's line; False when the store refused any. Opens go
-        to the store together, a few statements for a thousand (a storm is mostly opens)."""
-        heads = [line[0] for line in self._lines.values()]
-        opens = [p for p in heads if isinstance(p.decision, OpenTicket)]
-        others = [p for p in heads if not isinstance(p.decision, OpenTicket)]
-        chunks = [opens[i : i + OPEN_CHUNK] for i in range(0, len(opens), OPEN_CHUNK)]
-        opened, applied = await asyncio.gather(
-            asyncio.gather(*(self._open_many(chunk) for chunk in chunks)),
-            asyncio.gather(*(self._apply(p) for p in others)),
-        )
-        heads = [*opens, *others]
+        """Apply the head of every subject's line; False when the store refused any."""
+        return await self._apply_heads([line[0] for line in self._lines.values()])
+
+    async def _apply_heads(self, heads: list[Pending]) -> bool:
+        """Apply these heads of their lines; False when the store refused any. Opens go to
+        the store together, a few statements for a thousand (a storm is mostly opens)."""
+        try:
+            opens = [p for p in heads if isinstance(p.decision, OpenTicket)]
+            others = [p for p in heads if not isinstance(p.decision, OpenTicket)]
+            chunks = [opens[i : i + OPEN_CHUNK] for i in range(0, len(opens), OPEN_CHUNK)]
+            opened, applied = await asyncio.gather(
+                asyncio.gather(*(self._open_many(chunk) for chunk in chunks)),
+                asyncio.gather(*(self._apply(p) for p in others)),
+            )
+        finally:
+            self._busy.difference_update(p.key for p in heads)
+        ordered = [*opens, *others]
         outcomes = [*(o for chunk in opened for o in chunk), *applied]
         reachable = True
-        for pending, (outcome, seq) in zip(heads, outcomes, strict=True):
+        for pending, (outcome, seq) in zip(ordered, outcomes, strict=True):
             if outcome is Outcome.RETRY:
                 reachable = False
                 continue
