@@ -50,7 +50,7 @@ class Core:
         self.monitor = BrokerMonitor(broker, subjects, self._sink, context)
         self.connect()
 
-    def _sink(self, key: SubjectKey, observation: Observation) -> None:
+    def _sink(self, key: SubjectKey, observation: Observation, at: float | None = None) -> None:
         if key.type == "device":
             self.seen.append((self.clock.now, key, observation))
 
@@ -292,7 +292,7 @@ def test_it_extends_deadlines_of_devices_found_by_discovery_alike() -> None:
     monitor = BrokerMonitor(
         broker,
         {},
-        lambda key, o: seen.append((clock.now, key, o.health)),
+        lambda key, o, at=None: seen.append((clock.now, key, o.health)),
         ProbeContext(monotonic=clock),
     )
     monitor._connected()

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from tests.peers import Mosquitto, binary, free_port
 from tocsin.probes.base import ProbeContext
-from tocsin.probes.mqtt import BrokerMonitor, BrokerSpec, DiscoverySpec, MqttProbeSpec
+from tocsin.probes.mqtt import Arrivals, BrokerMonitor, BrokerSpec, DiscoverySpec, MqttProbeSpec
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.probes.sparkplug import SparkplugError, decode_bdseq, parse_topic
 
@@ -52,7 +52,7 @@ class Observations:
             asyncio.Queue
         )
 
-    def __call__(self, key: SubjectKey, observation: Observation) -> None:
+    def __call__(self, key: SubjectKey, observation: Observation, at: float | None = None) -> None:
         self.queues[key].put_nowait(observation)
 
     async def next(self, key: SubjectKey) -> Observation:
@@ -586,14 +586,17 @@ def test_invalid_specs_are_refused(model: Any, fields: dict[str, Any], message: 
 def test_broker_subjects_default_to_the_orgs_of_its_devices(context: ProbeContext) -> None:
     spec = broker_spec(1883, discovery=[{"pattern": "b/+/status", "org": "beta"}])
     monitor = BrokerMonitor(
-        spec, {CAM: device(status_topic="x")}, lambda key, observation: None, context
+        spec, {CAM: device(status_topic="x")}, lambda key, observation, at=None: None, context
     )
     assert [str(k) for k in monitor.broker_keys] == [
         "acme/integration/mqtt-broker:site",
         "beta/integration/mqtt-broker:site",
     ]
     owned = BrokerMonitor(
-        broker_spec(1883, org="ops"), {CAM: device(status_topic="x")}, lambda k, o: None, context
+        broker_spec(1883, org="ops"),
+        {CAM: device(status_topic="x")},
+        lambda k, o, at=None: None,
+        context,
     )
     assert [str(k) for k in owned.broker_keys] == ["ops/integration/mqtt-broker:site"]
 
@@ -631,3 +634,73 @@ async def test_a_backlog_of_messages_is_read_in_one_wake_up_not_one_per_loop_tur
             await asyncio.sleep(0)
         seen = [key for key in keys if not observations.none_pending(key)]
         assert len(seen) == 300, f"{len(seen)} of 300 reports read in 20 loop turns"
+
+
+def test_arrivals_time_each_message_by_the_first_note_that_covers_it() -> None:
+    arrivals = Arrivals()
+    assert arrivals.arrival() is None  # nothing noted: not known
+    arrivals.mark(300, 10.0)  # at 10.0 the kernel held bytes 0..300
+    arrivals.consumed = 100
+    assert arrivals.arrival() == 10.0
+    arrivals.mark(500, 11.0)  # at 11.0 (100 read since): bytes up to 600
+    arrivals.mark(0, 11.5)  # nothing more waiting: no note
+    arrivals.mark(400, 11.6)  # bytes up to 500: covered by the 10.0 and 11.0 notes already
+    arrivals.consumed = 300
+    assert arrivals.arrival() == 10.0  # the message ends at the 10.0 note's last byte
+    arrivals.consumed = 301
+    assert arrivals.arrival() == 11.0
+    arrivals.consumed = 601
+    assert arrivals.arrival() is None  # read past every note: handled as it comes
+
+
+async def test_a_burst_handled_slowly_is_timed_when_it_reached_the_host(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """1,000 devices go offline at once while handling each message takes 2 ms (a busy
+    loop): the last is handled over a second after the broker had it, yet timed then."""
+    count = 1000
+    keys = {SubjectKey("acme", "device", f"d{i}"): f"burst/d{i}/status" for i in range(count)}
+    handled: list[tuple[float, float | None]] = []  # (handled at, timed at)
+
+    def sink(key: SubjectKey, observation: Observation, at: float | None = None) -> None:
+        if key in keys and not observation.healthy:
+            handled.append((time.monotonic(), at))
+            time.sleep(0.002)
+
+    monitor = BrokerMonitor(
+        broker_spec(mosquitto),
+        {key: device(status_topic=topic) for key, topic in keys.items()},
+        sink,
+        ProbeContext(base_dir=tmp_path, environ={}),
+    )
+
+    def publish_all() -> float:  # another thread: this loop is the one made busy
+        client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2)
+        client.connect("127.0.0.1", mosquitto.port)
+        client.loop_start()
+        try:
+            for topic in keys.values():  # QoS 0: the broker sends them on without waiting
+                client.publish(topic, "offline", qos=0)
+            # The broker takes a client's packets in order: once it acknowledges this one, it
+            # has sent every message above to the monitor.
+            client.publish("burst/sent", "1", qos=1).wait_for_publish(WAIT)
+            return time.monotonic()
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
+    async with running(monitor):
+        deadline = time.monotonic() + WAIT
+        while not monitor.connected:
+            assert time.monotonic() < deadline, "not connected"
+            await asyncio.sleep(0.05)
+        published = await asyncio.to_thread(publish_all)
+        deadline = time.monotonic() + 4 * WAIT
+        while len(handled) < count:
+            assert time.monotonic() < deadline, f"{len(handled)} of {count} handled"
+            await asyncio.sleep(0.05)
+    last_handled, last_timed = handled[-1]
+    assert last_handled - published > 1.0  # the loop was busy for that long after...
+    assert last_timed is not None
+    assert last_timed - published < 0.3  # ...the messages had come
+    assert all(at is not None and at <= when for when, at in handled)

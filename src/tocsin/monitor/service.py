@@ -242,9 +242,9 @@ class MonitorService:
             return self.monitor.observe
         metrics = self.metrics
 
-        def sink(key: SubjectKey, observation: Observation) -> None:
+        def sink(key: SubjectKey, observation: Observation, at: float | None = None, /) -> None:
             metrics.observed(probe_type, observation)
-            self.monitor.observe(key, observation)
+            self.monitor.observe(key, observation, at)
 
         return sink
 

@@ -56,8 +56,13 @@ class PullProbe(Protocol):
     async def check(self) -> Observation: ...
 
 
-# Push-style sources (MQTT, push heartbeats) report through a sink as things happen.
-Sink = Callable[[SubjectKey, Observation], None]
+class Sink(Protocol):
+    """Push-style sources (MQTT, push heartbeats) report through a sink as things happen.
+    `at` is when the observation was made (monotonic), if earlier than its handling."""
+
+    def __call__(
+        self, key: SubjectKey, observation: Observation, at: float | None = None, /
+    ) -> None: ...
 
 
 @dataclass

@@ -43,9 +43,14 @@ a timeout check costs the devices due, not all of them; wildcard filters are a t
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import random
+import socket
 import ssl
+import struct
+import termios
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -430,6 +435,45 @@ class _Discovery:
 
 
 READ_BURST = 512  # MQTT packets read in one wake-up of the socket, at most
+MARK_EVERY = 16  # packets between two looks at what the kernel holds (see Arrivals)
+
+
+class Arrivals:
+    """When the bytes of a message had reached this host, at the latest.
+
+    Every MARK_EVERY packets read, a note of how many bytes the kernel holds for us then: all
+    bytes up to that position in the stream had arrived by that moment. A message is timed by
+    the first such note its last byte falls under. In a burst (5,000 devices going offline at
+    once) the loop handles messages for a second or more after they came; timed when handled,
+    the last of them would start its debounce that much late. (QoS 1 deliveries also wait in
+    the broker for our acknowledgements, which no note here can see.)
+    """
+
+    __slots__ = ("_marks", "consumed")
+
+    def __init__(self) -> None:
+        self.consumed = 0  # bytes paho has read from the socket
+        self._marks: deque[tuple[int, float]] = deque()  # (stream position, by when)
+
+    def mark(self, queued: int, now: float) -> None:
+        end = self.consumed + queued
+        if queued > 0 and (not self._marks or end > self._marks[-1][0]):
+            self._marks.append((end, now))
+
+    def arrival(self) -> float | None:
+        """The latest moment the message just read had arrived; None when not known."""
+        marks = self._marks
+        while marks and marks[0][0] < self.consumed:
+            marks.popleft()
+        return marks[0][1] if marks else None
+
+
+def _queued(fileno: int) -> int:
+    """Bytes the kernel holds for the socket (FIONREAD)."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fileno, termios.FIONREAD, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 class _DrainingClient(aiomqtt.Client):
@@ -446,13 +490,21 @@ class _DrainingClient(aiomqtt.Client):
     own reader, so `messages` still ends with MqttError when the connection goes.
     """
 
-    def __init__(self, *args: Any, on_message: Callable[[str, bytes, bool], None], **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        on_message: Callable[[str, bytes, bool, float | None], None],
+        monotonic: Callable[[], float],
+        **kw: Any,
+    ):
         super().__init__(*args, **kw)
         self._deliver = on_message
+        self._monotonic = monotonic
         # Our SUBSCRIBEs go SUBSCRIBE_IN_FLIGHT at a time: not a "concerning number" to warn of
         # (aiomqtt would log a non-JSON line per packet past 10).
         self.pending_calls_threshold = SUBSCRIBE_IN_FLIGHT
-        self._held: list[tuple[str, bytes, bool]] | None = []
+        self._held: list[tuple[str, bytes, bool, float | None]] | None = []
+        self._arrivals = Arrivals()
 
     def hold(self) -> None:
         """Keep messages until `deliver` (while subscribing: the retained ones come then)."""
@@ -461,20 +513,39 @@ class _DrainingClient(aiomqtt.Client):
     def deliver(self) -> None:
         """Hand over what was held, then every message as it is read."""
         held, self._held = self._held or [], None
-        for message in held:
-            self._deliver(*message)
+        for topic, payload, retained, _ in held:
+            # Timed now: a device's window starts at the subscription, not before.
+            self._deliver(topic, payload, retained, None)
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        item = (message.topic, _payload(message.payload), bool(message.retain))
+        arrived = self._arrivals.arrival()
+        item = (message.topic, _payload(message.payload), bool(message.retain), arrived)
         if self._held is not None:
             self._held.append(item)
         else:
             self._deliver(*item)
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        arrivals = self._arrivals = Arrivals()
+        # Plain TCP only: through TLS the kernel's byte count is not paho's.
+        if type(sock) is socket.socket:
+            recv = client._sock_recv
+
+            def counted(bufsize: int) -> bytes:
+                data: bytes = recv(bufsize)
+                arrivals.consumed += len(data)
+                return data
+
+            client._sock_recv = counted
+            fileno = sock.fileno()
+        else:
+            fileno = -1
+
         def read() -> None:
             try:
-                for _ in range(READ_BURST):
+                for n in range(READ_BURST):
+                    if fileno >= 0 and n % MARK_EVERY == 0:
+                        arrivals.mark(_queued(fileno), self._monotonic())
                     if client._sock is None:
                         return
                     rc = client._packet_read()
@@ -515,6 +586,7 @@ class BrokerMonitor:
     ) -> None:
         self.broker = broker
         self._sink = sink
+        self._arrived: float | None = None  # the message being handled: when it came
         self._context = context
         self._on_discovered = on_discovered
         self._tick = tick
@@ -636,6 +708,7 @@ class BrokerMonitor:
             timeout=broker.connect_timeout.total_seconds(),
             tls_context=self._tls,
             on_message=self._handle,
+            monotonic=self._context.monotonic,
         )
         delay = broker.reconnect_min.total_seconds()
         while True:
@@ -703,9 +776,21 @@ class BrokerMonitor:
 
     # --- messages and time: synchronous; a test with a fake clock calls check_timeouts ---
 
-    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
-        """Take one message from the broker into account."""
-        now = self._clock.at(self._context.monotonic())
+    def _handle(
+        self, topic: str, payload: bytes, retained: bool, arrived: float | None = None
+    ) -> None:
+        """Take one message from the broker into account; `arrived` is when it had reached
+        this host (monotonic, see Arrivals), if known: a busy loop handles it later."""
+        mono = self._context.monotonic()
+        if arrived is not None and arrived < mono:
+            mono = arrived
+        self._arrived = mono
+        try:
+            self._handle_at(topic, payload, retained, self._clock.at(mono))
+        finally:
+            self._arrived = None
+
+    def _handle_at(self, topic: str, payload: bytes, retained: bool, now: float) -> None:
         for route in self._exact.get(topic, ()):
             device = route.device
             if device.emitted is _HEALTHY and route.role == "heartbeat" and not retained:
@@ -881,7 +966,7 @@ class BrokerMonitor:
         edge = (observation.health, observation.error_class)
         if device.emitted != edge:
             device.emitted = _EDGES.setdefault(edge, edge)
-            self._sink(device.key, observation)
+            self._sink(device.key, observation, self._arrived)
 
     def _emit_broker(self, observation: Observation) -> None:
         edge = (observation.health, observation.error_class)
