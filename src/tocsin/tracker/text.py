@@ -209,7 +209,7 @@ def kind_display(kind: str) -> str:
 
 
 def format_time(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return moment.replace(tzinfo=None).isoformat(" ", "seconds") + " UTC"
 
 
 def format_span(seconds: float) -> str:
@@ -222,6 +222,8 @@ def escape(text: str) -> str:
     flat = " ".join(text.split())
     if len(flat) > MAX_CELL:
         flat = flat[: MAX_CELL - 3] + "..."
-    for char in ("\\", "|", "`", "*", "_", "[", "]", "<", ">"):
-        flat = flat.replace(char, "\\" + char)
-    return flat
+    return flat.translate(_ESCAPES)
+
+
+# Each character that would break a table cell or start markdown structure, backslashed.
+_ESCAPES = str.maketrans({char: "\\" + char for char in "\\|`*_[]<>"})
