@@ -131,12 +131,8 @@ class MonitorService:
             tasks = [group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls")]
             await self.monitor.restore()
             self._group = group
-            self._sync_probes(self.settings, brokers=False)
+            self._sync_probes(self.settings)
             self.pulls.go()
-            # Setting up the brokers' 80,000 devices holds the loop for a second: the probe
-            # worker's schedule is sent first, and the worker builds it meanwhile.
-            await first(self.pulls.handed_over.wait(), stop.wait())
-            self._sync_brokers(self.settings, self._mqtt_devices())
             tasks += [
                 group.create_task(self.monitor.run(), name="tocsin-monitor"),
                 group.create_task(self._expire_push(), name="tocsin-push"),
@@ -210,14 +206,15 @@ class MonitorService:
         if retry is not None:
             self.pulls.retry(key, retry if health is SubjectHealth.FAILING else None)
 
-    def _sync_probes(self, settings: Settings, *, brokers: bool = True) -> set[SubjectKey]:
-        """Start what is new or changed since the last sync (with `brokers`, the MQTT brokers
-        too); return the subjects touched."""
+    def _sync_probes(self, settings: Settings) -> set[SubjectKey]:
+        """Start what is new or changed since the last sync; return the subjects touched."""
         defaults = settings.config.monitor
         touched: set[SubjectKey] = set()
+        devices: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
         for key, subject in self._subjects.items():
             spec = _spec(subject)
             if isinstance(spec, MqttProbeSpec):
+                devices.setdefault(spec.broker, {})[key] = spec
                 continue
             interval = interval_for(defaults, subject).total_seconds()
             if self._probes.get(key) == spec and self._intervals.get(key) == interval:
@@ -236,18 +233,8 @@ class MonitorService:
         for key in [k for k in self._probes if k not in self._subjects]:
             del self._probes[key]
             self._intervals.pop(key, None)
-        if brokers:
-            touched |= self._sync_brokers(settings, self._mqtt_devices())
+        touched |= self._sync_brokers(settings, devices)
         return touched
-
-    def _mqtt_devices(self) -> dict[str, dict[SubjectKey, MqttProbeSpec]]:
-        """The MQTT devices of each broker."""
-        devices: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
-        for key, subject in self._subjects.items():
-            spec = _spec(subject)
-            if isinstance(spec, MqttProbeSpec):
-                devices.setdefault(spec.broker, {})[key] = spec
-        return devices
 
     def _counted(self, probe_type: str) -> Sink:
         """The monitor's sink, counting push-style observations (MQTT, push) on the way."""
@@ -327,8 +314,7 @@ class MonitorService:
 
     async def _run_broker(self, monitor: BrokerMonitor) -> None:
         # The pull probes' schedule goes out first: at start 80,000 MQTT devices' messages kept
-        # the 20,000 specs for the probe worker waiting in the daemon's buffer for 2.5 s. (At
-        # start the brokers are set up after that already; a worker restart sends it again.)
+        # the 20,000 specs for the probe worker waiting in the daemon's buffer for 2.5 s.
         await self.pulls.handed_over.wait()
         await monitor.run()
 
