@@ -6,6 +6,7 @@ what a reload keeps of the running config."""
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 
@@ -13,8 +14,10 @@ from tests.conftest import config_text
 from tocsin import app
 from tocsin.app import DELIVERY_WORKER_FROM
 from tocsin.config import ConfigError, parse, reuse_unchanged
+from tocsin.db.engine import open_database
 from tocsin.monitor import service
 from tocsin.monitor.service import WORKER_FROM, _in_worker
+from tocsin.tickets.store import TicketStore
 
 
 def site(db_url: str, *, http: int, mqtt: int = 0, where: str | None = None) -> str:
@@ -121,3 +124,19 @@ def test_an_unknown_delivery_place_is_refused_with_its_key(db_url: str) -> None:
     text = site(db_url, http=1) + '[webhook_delivery]\nprocess = "thread"\n'
     with pytest.raises(ConfigError, match=r"webhook_delivery\.process"):
         parse(text)
+
+
+async def test_each_subject_gets_its_own_windows_or_the_defaults(db_url: str) -> None:
+    text = site(db_url, http=3, mqtt=1, where="inline").replace(
+        'id = "http-1"', 'id = "http-1"\ndebounce = "7m"\nflap_threshold = 9'
+    )
+    settings = parse(text.replace("[monitor]", '[monitor]\ndebounce = "2m"'))
+    monitor = service.MonitorService(settings, TicketStore(open_database(settings.store_url)))
+    subjects = {key.id: tracked.windows for key, tracked in monitor.monitor.subjects().items()}
+    assert subjects["http-1"].debounce == timedelta(minutes=7)
+    assert subjects["http-1"].flap_threshold == 9
+    assert subjects["http-0"].debounce == timedelta(minutes=2)  # the [monitor] default
+    assert subjects["http-0"] is subjects["http-2"]  # one object for equal windows
+    assert subjects["http-0"].confirm_by_checks  # a pull subject: confirmed by checks
+    assert subjects["mqtt-0"].debounce == timedelta(minutes=2)
+    assert not subjects["mqtt-0"].confirm_by_checks  # time-based

@@ -40,6 +40,7 @@ from tocsin.waits import first
 log = structlog.get_logger("tocsin.monitor")
 
 _WINDOW_KEYS = tuple(WindowOverrides.model_fields)
+_WINDOW_KEY_SET = frozenset(_WINDOW_KEYS)
 WORKER_FROM = 2_000  # pull subjects from which pull_probes = "auto" means a worker process
 
 
@@ -190,7 +191,10 @@ class MonitorService:
         for key, subject in self._subjects.items():
             spec = _spec(subject)
             looks = not isinstance(spec, MqttProbeSpec | PushSpec)  # pulls, not time-based
-            own = (looks, *(getattr(subject, name) for name in _WINDOW_KEYS))
+            if subject.model_fields_set.isdisjoint(_WINDOW_KEY_SET):
+                own: tuple[object, ...] = (looks,)  # the defaults: nearly every subject
+            else:
+                own = (looks, *(getattr(subject, name) for name in _WINDOW_KEYS))
             windows = shared.get(own)
             if windows is None:
                 windows = shared[own] = windows_for(defaults, subject, confirm_by_checks=looks)
