@@ -400,7 +400,13 @@ async def test_state_saves_wait_while_a_burst_of_changes_is_arriving(
     await monitor.save()  # the burst is over: saved
     assert not any(dirty())
     for key in keys:
+        monitor.observe(key, up())
+    await monitor.save(force=True)
+    for key in keys:
         monitor.observe(key, down())
+    clocks.advance(BURST_QUIET + SAVE_EVERY_SECONDS)
+    await monitor.save()  # quiet now, but their debounces are running: still held back
+    assert all(dirty())
     for _ in range(int(SAVE_DEFER_SECONDS)):  # a burst that never ends...
         clocks.advance(1)
         monitor.observe(keys[0], up() if clocks.mono % 2 else down())
@@ -426,3 +432,26 @@ async def test_a_reload_saves_a_subject_again_only_when_its_name_changed(
     await monitor.save(force=True)
     rows = await states.load(tickets.database.read)
     assert rows[0].name == "Lobby camera (north)"
+
+
+async def test_a_slow_expiry_pass_is_followed_at_once_by_one_for_windows_ended_meanwhile(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    first, second = SubjectKey("acme", "device", "a"), SubjectKey("acme", "device", "b")
+    for key in (first, second):
+        monitor.configure(key, key.id, WINDOWS)
+        monitor.observe(key, up())
+    monitor.observe(first, down())
+    clocks.advance(0.1)
+    monitor.observe(second, down())  # its debounce ends 0.1 s after the first's
+    clocks.advance(WINDOWS.debounce.total_seconds() - 0.1)  # the first one ends as we look
+
+    def slow() -> float:  # each reading 60 ms after the last: a pass takes that long
+        clocks.advance(0.06)
+        return clocks.mono
+
+    monitor._monotonic = slow
+    monitor.expire_windows()
+    opened = [key for key, line in monitor.applier._lines.items() if line]
+    assert opened == [first, second]  # the second in the pass right after, not 0.2 s later

@@ -66,10 +66,13 @@ SAVE_DEFER_SECONDS = 15.0  # how long ticket changes waiting for the store may h
 STALE_EVERY = 300.0  # a subject whose only news is another healthy result is saved this often
 SAVE_BATCH = 2_000  # state rows per write: a storm's saves spread over a few seconds
 # A burst - this many subjects changed since the last save, the latest under BURST_QUIET
-# seconds ago - holds saves back (at most SAVE_DEFER_SECONDS): saving shares the process with
-# handling the burst's own messages, and took a third of it while 5,000 devices went offline.
+# seconds ago or as many with a window running - holds saves back (at most SAVE_DEFER_SECONDS):
+# saving shares the process with handling the burst, and took a third of it while 5,000
+# devices went offline (and the writer, when their debounce ended).
 BURST_CHANGES = 500
 BURST_QUIET = 1.0
+EXPIRE_PASSES = 3  # window expiry passes in a row, at most, while passes take long
+EXPIRE_AGAIN_AFTER = 0.05  # s a pass may take before another follows at once
 _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
 _IN_CHUNKS = 500  # values per SQL IN list
@@ -290,12 +293,20 @@ class HealthMonitor:
         await self.applier.drain()
 
     def expire_windows(self) -> None:
-        """Tick the subjects whose windows are running (not all 100,000, five times a second)."""
-        now = self.now()
-        for key in [k for k, due in self._pending.items() if due <= now.mono]:
-            tracked = self._subjects.get(key)
-            if tracked is not None:
-                self._handle(tracked, Tick(), now)
+        """Tick the subjects whose windows are running (not all 100,000, five times a second).
+        A pass that took a while (thousands of debounces ending together) is followed at once
+        by one for the windows that ended meanwhile, not a pass later."""
+        ticked: set[SubjectKey] = set()
+        for _ in range(EXPIRE_PASSES):
+            now = self.now()
+            due = [k for k, at in self._pending.items() if at <= now.mono and k not in ticked]
+            for key in due:
+                tracked = self._subjects.get(key)
+                if tracked is not None:
+                    self._handle(tracked, Tick(), now)
+            ticked.update(due)
+            if self._monotonic() - now.mono < EXPIRE_AGAIN_AFTER:
+                return
 
     def _note_pending(self, tracked: Tracked) -> None:
         state = tracked.state
@@ -423,10 +434,10 @@ class HealthMonitor:
         if (
             not force
             and self._changed >= BURST_CHANGES
-            and mono - self._last_change < BURST_QUIET
+            and (mono - self._last_change < BURST_QUIET or len(self._pending) >= BURST_CHANGES)
             and mono - self._last_save < SAVE_DEFER_SECONDS
         ):
-            return  # a burst is still arriving: handling it comes first
+            return  # a burst is still arriving, or its windows running: handling it first
         self._last_save = mono
         self._changed = 0
         # Not at stop either: a restart starts every subject unknown, so the latest healthy
