@@ -16,6 +16,7 @@ from tocsin.monitor.applier import Pending
 from tocsin.monitor.runtime import (
     BURST_CHANGES,
     BURST_QUIET,
+    EXPIRE_SLICE,
     SAVE_DEFER_SECONDS,
     SAVE_EVERY_SECONDS,
     HealthMonitor,
@@ -455,3 +456,29 @@ async def test_a_slow_expiry_pass_is_followed_at_once_by_one_for_windows_ended_m
     monitor.expire_windows()
     opened = [key for key, line in monitor.applier._lines.items() if line]
     assert opened == [first, second]  # the second in the pass right after, not 0.2 s later
+
+
+async def test_a_big_expiry_pass_lets_the_loop_turn_between_slices(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    keys = [SubjectKey("acme", "device", f"d{i}") for i in range(2 * EXPIRE_SLICE + 1)]
+    for key in keys:
+        monitor.configure(key, key.id, WINDOWS)
+        monitor.observe(key, up())
+        monitor.observe(key, down())
+    clocks.advance(WINDOWS.debounce.total_seconds())
+    seen: list[int] = []  # decisions taken, each time another task got to run
+
+    async def watch() -> None:
+        while True:
+            seen.append(len(monitor.applier))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    await monitor._expire_windows_yielding()
+    watcher.cancel()
+    assert len(monitor.applier) == len(keys)  # every debounce ended: an open each
+    assert EXPIRE_SLICE in seen  # the loop turned between the slices
+    assert 2 * EXPIRE_SLICE in seen
