@@ -529,6 +529,7 @@ class _DrainingClient(aiomqtt.Client):
         arrivals = self._arrivals = Arrivals()
         # Plain TCP only: through TLS the kernel's byte count is not paho's.
         if type(sock) is socket.socket:
+            vars(client).pop("_sock_recv", None)  # the last connection's counter
             recv = client._sock_recv
 
             def counted(bufsize: int) -> bytes:
