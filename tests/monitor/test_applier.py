@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.monitor.test_worker import until
 from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
 from tocsin.probes.observation import SubjectKey
 from tocsin.tickets.model import Kind
@@ -23,14 +22,6 @@ def opening(subject_id: str) -> Pending:
     key = SubjectKey("acme", "device", subject_id)
     decision = OpenTicket(Kind.DEVICE_OFFLINE.value, f"{subject_id} is down", Reason.OPEN)
     return Pending(key, subject_id, decision, datetime.now(UTC))
-
-
-async def until(check: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll `check` (state the writer thread changes: nothing to await)."""
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, f"not within {within} s"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_decision_taken_while_another_is_with_the_store_goes_in_the_next_commit(
