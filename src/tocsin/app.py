@@ -28,7 +28,8 @@ from tocsin.delivery.process import DeliveryProcess
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.service import MonitorService, cpus
+from tocsin.monitor.service import MonitorService
+from tocsin.monitor.worker import WorkerProcess, cpus
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 from tocsin.waits import first
@@ -41,14 +42,16 @@ FILE_CHECK_EVERY = 5.0  # seconds between checks that the SQLite file is still t
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, spare: WorkerProcess | None = None) -> None:
+        """`spare`: a probe worker the CLI started before parsing (see `worker.spare`)."""
         self.settings = settings
+        self._spare = spare
         self.db = open_database(settings.store_url)
         self.store = TicketStore(self.db)
         self.metrics = Metrics()
         self.loop_watch = LoopWatch(on_lag=self.metrics.loop_lag.observe)
         self.monitor = MonitorService(
-            settings, self.store, metrics=self.metrics, loop_watch=self.loop_watch
+            settings, self.store, metrics=self.metrics, loop_watch=self.loop_watch, spare=spare
         )
         self.store.health.on_change = self._store_health_changed
         self.app = make_app(
@@ -121,6 +124,8 @@ class Daemon:
                 await runner.cleanup()
             await self.store.close()
             await self.db.dispose()
+            if self._spare is not None:
+                self._spare.close()  # a no-op once the monitor took and ended it
             log.info("tocsin stopped")
 
     async def render_metrics(self) -> bytes:
@@ -281,7 +286,8 @@ async def run(
     *,
     on_ready: ReadyCallback | None = None,
     reloads: asyncio.Queue[Settings] | None = None,
+    spare: WorkerProcess | None = None,
 ) -> None:
     """Run the daemon until `stop` is set; `on_ready` gets the bound API addresses; settings
     put on `reloads` are applied in place."""
-    await Daemon(settings).run(stop, on_ready=on_ready, reloads=reloads)
+    await Daemon(settings, spare=spare).run(stop, on_ready=on_ready, reloads=reloads)

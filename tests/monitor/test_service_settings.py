@@ -11,12 +11,15 @@ from datetime import timedelta
 import pytest
 
 from tests.conftest import config_text
+from tests.peers import process_alive
 from tocsin import app
 from tocsin.app import DELIVERY_WORKER_FROM
 from tocsin.config import ConfigError, parse, reuse_unchanged
 from tocsin.db.engine import open_database
 from tocsin.monitor import service
+from tocsin.monitor.pulls import InlinePulls
 from tocsin.monitor.service import WORKER_FROM, _in_worker
+from tocsin.monitor.worker import WorkerProcess
 from tocsin.tickets.store import TicketStore
 
 
@@ -85,6 +88,16 @@ def test_a_reload_keeps_the_running_objects_of_unchanged_subjects(db_url: str) -
 
 
 HOOK_SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+async def test_a_spare_worker_the_config_does_not_want_is_ended(db_url: str) -> None:
+    settings = parse(site(db_url, http=3))  # auto, a small site: the probes run inline
+    spare = WorkerProcess()
+    monitor = service.MonitorService(
+        settings, TicketStore(open_database(settings.store_url)), spare=spare
+    )
+    assert isinstance(monitor.pulls, InlinePulls)
+    assert not process_alive(spare.pid)
 
 
 @pytest.mark.parametrize(

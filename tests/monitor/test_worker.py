@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -17,7 +18,8 @@ from aiohttp.test_utils import TestServer
 
 from tests.peers import process_alive
 from tocsin.metrics import Metrics
-from tocsin.monitor.worker import WorkerPulls
+from tocsin.monitor.worker import SPARE_FROM_BYTES, WorkerProcess, WorkerPulls, cpus
+from tocsin.monitor.worker import spare as spare_for
 from tocsin.probes.http import HttpSpec
 from tocsin.probes.observation import Health, Observation, SubjectKey
 
@@ -163,3 +165,50 @@ async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
         began = time.monotonic()
     await until(lambda: not process_alive(pid), within=2.0, what="the worker gone")
     assert time.monotonic() - began < 2.0
+
+
+async def test_a_spare_started_before_the_daemon_runs_is_the_worker(
+    device: tuple[Device, str],
+) -> None:
+    _, url = device
+    spare = WorkerProcess()  # as the CLI does, before the config is parsed
+    seen: Seen = []
+    pulls = WorkerPulls(
+        lambda k, o, at: seen.append((k, o, at)),
+        base_dir=None,
+        environ={},
+        max_concurrency=16,
+        per_host=16,
+        log_format="json",
+        spare=spare,
+    )
+    pulls.add(key(1), spec(url), INTERVAL)
+    async with running(pulls):
+        assert pulls.pid == spare.pid
+        assert pulls.starts == 1
+        pulls.add(key(2), spec(url), INTERVAL)
+        await until(lambda: {k for k, _, _ in seen} == {key(1), key(2)}, what="both")
+    await until(lambda: not process_alive(spare.pid), within=2.0, what="the worker gone")
+
+
+def test_a_spare_nobody_takes_ends_when_closed() -> None:
+    spare = WorkerProcess()
+    assert process_alive(spare.pid)
+    spare.close()
+    assert not process_alive(spare.pid)
+    spare.close()  # again, as the daemon's last word after the monitor ended it: no error
+
+
+def test_a_spare_is_started_only_for_a_large_config(tmp_path: Path) -> None:
+    small = tmp_path / "small.toml"
+    small.write_text("[server]\n")
+    assert spare_for(small) is None
+    assert spare_for(tmp_path / "missing.toml") is None  # the parse reports it
+    large = tmp_path / "large.toml"
+    large.write_text("# padding\n" * (SPARE_FROM_BYTES // 10 + 1))
+    started = spare_for(large)
+    try:
+        assert (started is not None) == (cpus() > 1)
+    finally:
+        if started is not None:
+            started.close()

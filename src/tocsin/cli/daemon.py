@@ -23,6 +23,7 @@ from tocsin.cli.base import (
 from tocsin.config import ConfigError, Settings, load, reuse_unchanged
 from tocsin.db import backup, migrate
 from tocsin.db.engine import Database, StoreUrlError
+from tocsin.monitor import worker
 from tocsin.reparse import ReparseFailed, reparse
 
 
@@ -30,7 +31,13 @@ from tocsin.reparse import ReparseFailed, reparse
 @config_option
 def run(config_path: Path) -> None:
     """Run the daemon: SIGTERM or SIGINT stops it."""
-    settings = load_settings(config_path, keep_source=True)
+    spare = worker.spare(config_path)
+    try:
+        settings = load_settings(config_path, keep_source=True)
+    except BaseException:
+        if spare is not None:
+            spare.close()
+        raise
     logs.configure(settings.config.log.level, settings.config.log.format)
     # The config lives as long as the process (a million objects at 100,000 subjects): keep
     # the cyclic collector from walking it while everything else starts.
@@ -71,7 +78,7 @@ def run(config_path: Path) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_stop)
         loop.add_signal_handler(signal.SIGHUP, on_reload)
-        await app.run(settings, stop, reloads=reloads)
+        await app.run(settings, stop, reloads=reloads, spare=spare)
 
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.config.server.event_loop)) as runner:
@@ -80,6 +87,9 @@ def run(config_path: Path) -> None:
         fail(f"store.url: {exc}")
     except OSError as exc:
         fail(f"cannot start: {exc.strerror or exc}", 1)
+    finally:
+        if spare is not None:
+            spare.close()
 
 
 STOP_REPORT_AFTER = 5.0

@@ -27,7 +27,7 @@ from tocsin.monitor.config import (
 from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.pulls import InlinePulls, PullRunner, PullSpec
 from tocsin.monitor.runtime import HealthMonitor
-from tocsin.monitor.worker import WorkerPulls
+from tocsin.monitor.worker import WorkerProcess, WorkerPulls, cpus
 from tocsin.probes.base import ProbeContext, Sink
 from tocsin.probes.mqtt import BrokerMonitor, BrokerSpec, MqttProbeSpec
 from tocsin.probes.observation import Observation, SubjectKey
@@ -69,7 +69,9 @@ class MonitorService:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         metrics: Metrics | None = None,
         loop_watch: LoopWatch | None = None,
+        spare: WorkerProcess | None = None,
     ) -> None:
+        """`spare`: a probe worker started ahead (the CLI's guess); closed if not wanted."""
         self.settings = settings
         self.metrics = metrics
         self.loop_watch = loop_watch or LoopWatch(monotonic=monotonic)
@@ -95,8 +97,11 @@ class MonitorService:
                 log_level=settings.config.log.level,
                 log_format=settings.config.log.format,
                 metrics=metrics,
+                spare=spare,
             )
         else:
+            if spare is not None:
+                spare.close()
             self.pulls = InlinePulls(
                 self.monitor.observe,
                 self.context,
@@ -132,8 +137,11 @@ class MonitorService:
             tasks = [group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls")]
             await self.monitor.restore()
             self._group = group
-            self._sync_probes(self.settings)
+            devices = self._sync_pulls(self.settings)
             self.pulls.go()
+            # The worker reads its schedule while the brokers are built here.
+            await first(self.pulls.handed_over.wait(), stop.wait())
+            self._sync_brokers(self.settings, devices)
             tasks += [
                 group.create_task(self.monitor.run(), name="tocsin-monitor"),
                 group.create_task(self._expire_push(), name="tocsin-push"),
@@ -212,8 +220,17 @@ class MonitorService:
 
     def _sync_probes(self, settings: Settings) -> set[SubjectKey]:
         """Start what is new or changed since the last sync; return the subjects touched."""
-        defaults = settings.config.monitor
         touched: set[SubjectKey] = set()
+        devices = self._sync_pulls(settings, touched)
+        return touched | self._sync_brokers(settings, devices)
+
+    def _sync_pulls(
+        self, settings: Settings, touched: set[SubjectKey] | None = None
+    ) -> dict[str, dict[SubjectKey, MqttProbeSpec]]:
+        """Sync the pull and push probes (adding what changed to `touched`); return the MQTT
+        devices by broker, for `_sync_brokers`."""
+        defaults = settings.config.monitor
+        touched = set() if touched is None else touched
         devices: dict[str, dict[SubjectKey, MqttProbeSpec]] = {}
         for key, subject in self._subjects.items():
             spec = _spec(subject)
@@ -237,8 +254,7 @@ class MonitorService:
         for key in [k for k in self._probes if k not in self._subjects]:
             del self._probes[key]
             self._intervals.pop(key, None)
-        touched |= self._sync_brokers(settings, devices)
-        return touched
+        return devices
 
     def _counted(self, probe_type: str) -> Sink:
         """The monitor's sink, counting push-style observations (MQTT, push) on the way."""
@@ -353,14 +369,6 @@ def _in_worker(settings: Settings) -> bool:
     subjects: list[Subject] = [*settings.config.devices, *settings.config.integrations]
     pulls = sum(not isinstance(_spec(s), MqttProbeSpec | PushSpec) for s in subjects)
     return pulls >= WORKER_FROM and cpus() > 1
-
-
-def cpus() -> int:
-    """CPUs this process may run on (a pinned service or a container's cpuset, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def push_secret(settings: Settings) -> bytes:
