@@ -99,8 +99,10 @@ class Daemon:
                 # Ready means watching: the API is up and every probe has started.
                 await first(self.monitor.watching.wait(), stop.wait())
                 # What exists now (the config, a million objects at 100,000 subjects) lives as
-                # long as the process: keep the cyclic garbage collector from walking it again.
+                # long as the process: keep the cyclic garbage collector from walking it again,
+                # and turn it on if the CLI kept it off through the start.
                 gc.freeze()
+                gc.enable()
                 log.info(
                     "tocsin ready",
                     listen=[f"{h}:{p}" for h, p in addresses],

@@ -530,7 +530,7 @@ def test_a_recovery_waits_for_the_seq_of_a_ticket_still_being_opened() -> None:
 def test_the_kind_it_opens_with(hint: str | None, subject_type: str, kind: str) -> None:
     start = replace(
         state(H.FAILING),
-        subject=replace(DEVICE, type=subject_type),
+        subject=DEVICE._replace(type=subject_type),
         nature=Nature(hint, "timeout"),
     )
     _, decisions = step(start, Tick(), at(DEBOUNCE), Windows())

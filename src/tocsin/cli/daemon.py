@@ -31,6 +31,11 @@ from tocsin.reparse import ReparseFailed, reparse
 @config_option
 def run(config_path: Path) -> None:
     """Run the daemon: SIGTERM or SIGINT stops it."""
+    # What the start makes (the config, the subjects' state, the probes: millions of objects at
+    # 100,000 subjects) lives as long as the process. With the cyclic collector on, each full
+    # collection on the way walks all of it again (a second of a 10 s start): it stays off
+    # until the daemon is ready, which freezes what exists then and turns it back on.
+    gc.disable()
     spare = worker.spare(config_path)
     try:
         settings = load_settings(config_path, keep_source=True)
@@ -39,9 +44,6 @@ def run(config_path: Path) -> None:
             spare.close()
         raise
     logs.configure(settings.config.log.level, settings.config.log.format)
-    # The config lives as long as the process (a million objects at 100,000 subjects): keep
-    # the cyclic collector from walking it while everything else starts.
-    gc.freeze()
 
     async def serve() -> None:
         stop = asyncio.Event()
