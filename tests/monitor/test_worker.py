@@ -167,7 +167,7 @@ async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
     assert time.monotonic() - began < 2.0
 
 
-async def test_a_spare_started_before_the_daemon_runs_is_the_worker(
+async def test_a_spare_started_before_the_daemon_runs_is_the_worker_and_gets_its_schedule_early(
     device: tuple[Device, str],
 ) -> None:
     _, url = device
@@ -183,11 +183,20 @@ async def test_a_spare_started_before_the_daemon_runs_is_the_worker(
         spare=spare,
     )
     pulls.add(key(1), spec(url), INTERVAL)
+    pulls.add(key(2), spec(url), INTERVAL)
+    pulls.preload()  # the schedule so far goes to the spare before the daemon runs ...
+    pulls.add(key(3), spec(url), INTERVAL)  # ... and what changes meanwhile follows it
+    pulls.remove(key(2))
+    await asyncio.sleep(INTERVAL * 3)
+    assert not seen  # nothing is checked before go
     async with running(pulls):
         assert pulls.pid == spare.pid
         assert pulls.starts == 1
-        pulls.add(key(2), spec(url), INTERVAL)
-        await until(lambda: {k for k, _, _ in seen} == {key(1), key(2)}, what="both")
+        pulls.add(key(4), spec(url), INTERVAL)
+        await until(lambda: {k for k, _, _ in seen} >= {key(1), key(3), key(4)}, what="all")
+        count = len(seen)
+        await asyncio.sleep(INTERVAL * 3)
+        assert key(2) not in {k for k, _, _ in seen[count:]}
     await until(lambda: not process_alive(spare.pid), within=2.0, what="the worker gone")
 
 

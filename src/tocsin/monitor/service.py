@@ -121,7 +121,15 @@ class MonitorService:
         self._intervals: dict[SubjectKey, float] = {}
         self._brokers: dict[str, _Broker] = {}
         self._group: asyncio.TaskGroup | None = None
-        self._configure_subjects(settings)
+        subjects = _subjects(settings)
+        # The probe worker's schedule first: a worker started ahead reads it while the rest
+        # (the tracker's 100,000 subjects, the store, the MQTT brokers) is set up here.
+        self._early: dict[str, dict[SubjectKey, MqttProbeSpec]] | None = None
+        if isinstance(self.pulls, WorkerPulls):
+            self._subjects = subjects
+            self._early = self._sync_pulls(settings)
+            self.pulls.preload()
+        self._configure_subjects(settings, subjects)
 
     async def handle_ping(self, request: web.Request) -> web.StreamResponse:
         """GET|POST /ping/{key}: a push heartbeat (404 until a push subject is configured)."""
@@ -137,7 +145,8 @@ class MonitorService:
             tasks = [group.create_task(self.pulls.run(pulls_started), name="tocsin-pulls")]
             await self.monitor.restore()
             self._group = group
-            devices = self._sync_pulls(self.settings)
+            devices = self._early if self._early is not None else self._sync_pulls(self.settings)
+            self._early = None
             self.pulls.go()
             # The worker reads its schedule while the brokers are built here.
             await first(self.pulls.handed_over.wait(), stop.wait())

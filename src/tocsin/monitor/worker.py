@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,6 +53,12 @@ STOP_SECONDS = 5.0  # how long a stopping worker may take before it is killed
 def _frame(message: tuple[Any, ...]) -> bytes:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(data)) + data
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """A preload thread's send; a worker that died is found by the daemon's next write."""
+    with contextlib.suppress(OSError):
+        sock.sendall(data)
 
 
 def _write(writer: asyncio.StreamWriter, message: tuple[Any, ...]) -> None:
@@ -152,6 +159,7 @@ class WorkerPulls:
     ) -> None:
         self._sink = sink
         self._spare = spare  # taken by the first start
+        self._preload: threading.Thread | None = None  # the spare's schedule, on its way
         self.metrics = metrics
         self.hello = {
             "base_dir": base_dir,
@@ -195,6 +203,20 @@ class WorkerPulls:
             self._retries[key] = every
         self._send(("retry", [(key, every)]))
 
+    def preload(self) -> None:
+        """Send the schedule as it stands to the spare worker now, before `go`: it reads it
+        while the daemon sets up the rest (a second or two at 100,000 subjects). Commands
+        given meanwhile wait in the outbox and follow it."""
+        spare = self._spare
+        if spare is None or self._preload is not None:
+            return
+        schedule = self._schedule_frames(go=False)
+        self._sending, self._outbox = True, []
+        self._preload = threading.Thread(
+            target=_send_all, args=(spare.sock, schedule), name="tocsin-worker-preload"
+        )
+        self._preload.start()
+
     def go(self) -> None:
         self._go.set()
 
@@ -236,6 +258,7 @@ class WorkerPulls:
     async def _serve(self, started: asyncio.Event) -> int | None:
         """One worker process, from spawn to exit; return its exit code."""
         process, self._spare = self._spare, None
+        preload, self._preload = self._preload, None
         try:
             process = process or WorkerProcess()
         except OSError as exc:
@@ -248,8 +271,12 @@ class WorkerPulls:
             await self._go.wait()  # the process starts (imports) while the daemon restores
             # The whole schedule goes out from a thread: the worker reads it while the event
             # loop goes on (at 20,000 pull subjects, 3 MB and two seconds of the worker's work).
-            schedule = self._schedule_frames()
-            self._sending, self._outbox = True, []
+            if preload is not None:
+                await asyncio.to_thread(preload.join)
+                schedule = self._tail_frames()
+            else:
+                schedule = self._schedule_frames()
+                self._sending, self._outbox = True, []
             sending = asyncio.ensure_future(asyncio.to_thread(process.sock.sendall, schedule))
             self.handed_over.set()
             try:
@@ -286,13 +313,18 @@ class WorkerPulls:
                     process.kill()
                     await process.wait()
 
-    def _schedule_frames(self) -> bytes:
-        """hello, the whole schedule, the retries and go, as the frames the worker reads."""
+    def _schedule_frames(self, *, go: bool = True) -> bytes:
+        """hello and the whole schedule (then the retries and go), as the frames the worker
+        reads."""
         messages: list[tuple[Any, ...]] = [("hello", self.hello)]
         specs = [(key, spec, interval) for key, (spec, interval) in self._specs.items()]
         messages += [("add", specs[at : at + ADD_BATCH]) for at in range(0, len(specs), ADD_BATCH)]
-        messages += [("retry", list(self._retries.items())), ("go",)]
-        return b"".join(_frame(message) for message in messages)
+        return b"".join(_frame(message) for message in messages) + (
+            self._tail_frames() if go else b""
+        )
+
+    def _tail_frames(self) -> bytes:
+        return _frame(("retry", list(self._retries.items()))) + _frame(("go",))
 
     def _deliver(self, results: list[tuple[SubjectKey, Observation, float, float]]) -> None:
         for key, observation, began, seconds in results:
