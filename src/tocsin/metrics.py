@@ -105,7 +105,7 @@ class Metrics:
         for state, is_flapping in health():
             counts[state] = counts.get(state, 0) + 1
             flapping += is_flapping
-        for state in ("unknown", "up", "failing", "down", "recovering"):
+        for state in ("unknown", "up", "failing", "down", "recovering", "unreachable"):
             self.subjects.labels(state).set(counts.get(state, 0))
         self.flapping.set(flapping)
         with contextlib.suppress(SQLAlchemyError, OSError):

@@ -56,6 +56,21 @@ def test_problems_across_subjects_are_named_by_key_path_in_config_order() -> Non
     ]
 
 
+def test_a_dependency_cycle_is_refused_at_the_key_that_closes_it() -> None:
+    text = ORGS
+    text += device("sw-core", PUSH, depends_on='["sw-riser"]')
+    text += device("sw-riser", PUSH, depends_on='["ups"]')
+    text += integration("ups", '{ bearer_env = "TOKEN" }', depends_on='["sw-core"]')
+    text += device("cam", PUSH, depends_on='["cam"]')
+    text += device("cam-2", PUSH, depends_on='["sw-riser"]')  # depends on the cycle: no more
+    text += device("sw-core", PUSH, org="beta", depends_on='["sw-riser"]')
+    text += device("sw-riser", PUSH, org="beta")  # the same ids in another org: no cycle
+    assert [(p.path, p.message) for p in problems_of(text, env={"TOKEN": "t"})] == [
+        ("integrations[0].depends_on[0]", "a cycle: sw-core -> sw-riser -> ups -> sw-core"),
+        ("devices[2].depends_on[0]", "a cycle: cam -> cam"),
+    ]
+
+
 def test_a_missing_file_named_by_many_subjects_is_reported_for_each(tmp_path: Path) -> None:
     (tmp_path / "community").write_text("public\n", encoding="utf-8")
     text = ORGS

@@ -4,13 +4,9 @@ observations in, tickets (and their timelines) out; restarts; people's actions."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
-from tocsin.db.engine import Database
 from tocsin.monitor import states
 from tocsin.monitor.applier import Pending
 from tocsin.monitor.runtime import (
@@ -53,19 +49,6 @@ def down(detail: str = "HTTP 503 in 40 ms", error_class: str = "http_status") ->
     return Observation(
         Health.UNHEALTHY, detail, kind_hint="device_offline", error_class=error_class
     )
-
-
-@pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
-
-
-@pytest.fixture
-async def tickets(database: Database, clocks: Clocks) -> AsyncIterator[TicketStore]:
-    store = TicketStore(database, clock=lambda: clocks.wall)
-    store.start()
-    yield store
-    await store.close()
 
 
 async def new_monitor(store: TicketStore, clocks: Clocks) -> HealthMonitor:

@@ -30,11 +30,6 @@ from tocsin.tracker import Comment, Reason
 
 
 @pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
-
-
-@pytest.fixture
 async def tickets(database: Database, clocks: Clocks) -> AsyncIterator[TicketStore]:
     store = TicketStore(database, clock=lambda: clocks.wall)
     store.start()

@@ -20,6 +20,7 @@ from tocsin.tracker import (
     Now,
     Observed,
     OpenTicket,
+    ParentChanged,
     ReopenTicket,
     ResolveTicket,
     SubjectHealth,
@@ -65,6 +66,7 @@ action = st.one_of(
     st.tuples(st.just("wall_jump"), st.sampled_from([-86_400, -3600, 3600, 86_400 * 30])),
     st.sampled_from(["tick", "resolve", "reopen", "start"]),
     st.tuples(st.just("restart"), st.sampled_from([1, 600, 90_000])),
+    st.tuples(st.just("parent"), st.sampled_from([None, "sw-1", "sw-2"])),
 )
 
 
@@ -83,6 +85,7 @@ class World:
     next_seq: int = 1
     healthy_since: float | None = None  # true start of the current healthy streak
     unhealthy_since: float | None = None
+    held: str | None = None  # the parent holding the subject's ticket back
 
     def now(self) -> Now:
         return Now(
@@ -91,6 +94,7 @@ class World:
         )
 
     def send(self, event: Event) -> None:
+        held = self.held
         before = self.state
         self.state, decisions = step(before, event, self.now(), self.windows)
         was_unknown = before.health is SubjectHealth.UNKNOWN
@@ -100,22 +104,27 @@ class World:
                 continue
             assert seen is not Health.UNKNOWN, "an unknown observation decides nothing"
             assert not (was_unknown and seen is None), "nothing is decided while unknown"
-            self.apply(decision, flapping=self.state.flapping)
+            self.apply(decision, flapping=self.state.flapping, held=held)
+        assert self.state.held_by == held
+        if self.state.health is SubjectHealth.UNREACHABLE:
+            assert held is not None or self.state.ticket_open
         if self.state.health in (SubjectHealth.DOWN, SubjectHealth.RECOVERING):
             assert self.state.ticket_open
         assert self.state.ticket_open == self.store_open
         assert len(self.state.changes) <= self.windows.flap_threshold + 1
 
-    def apply(self, decision: Any, *, flapping: bool) -> None:
+    def apply(self, decision: Any, *, flapping: bool, held: str | None) -> None:
         w = self.windows
         match decision:
             case OpenTicket():
+                assert held is None, "nothing opens while a parent is down"
                 assert not self.store_open, "never two open tickets for a subject"
                 assert self.unhealthy_since is not None
                 assert self.t - self.unhealthy_since >= w.debounce.total_seconds()
                 self.seq, self.next_seq, self.store_open = self.next_seq, self.next_seq + 1, True
                 self.send(TicketOpened(self.seq))
             case ReopenTicket(seq=seq):
+                assert held is None, "nothing reopens while a parent is down"
                 assert not flapping, "no reopen while flapping"
                 assert not self.store_open, "reopen only a resolved ticket"
                 assert seq == self.seq
@@ -164,6 +173,9 @@ class World:
                 self.wall_offset += seconds
             case "tick":
                 self.send(Tick())
+            case ("parent", parent):
+                self.held = parent
+                self.send(ParentChanged(parent))
             case "resolve" if self.store_open and self.seq is not None:
                 self.store_open, self.resolved_t = False, self.t
                 self.send(TicketResolvedByPerson(self.seq))
@@ -179,6 +191,7 @@ class World:
                 self.healthy_since = self.unhealthy_since = None
                 self.state = load(saved, self.now())
                 assert self.state.health is SubjectHealth.UNKNOWN
+                assert self.state.held_by == self.held  # held until the parent is seen
                 assert self.state.ticket_open == self.store_open
             case _:
                 pass  # a person action that does not apply to the ticket as it is

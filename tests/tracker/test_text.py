@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.tracker.helpers import DEVICE, INTEGRATION, at, bad, ok
 from tocsin.probes.observation import Health, Observation
-from tocsin.tracker import ProbeResult, Reason
+from tocsin.tracker import ProbeResult, Reason, text
 from tocsin.tracker.text import (
     describe,
     escape,
@@ -97,3 +97,16 @@ def test_a_reopen_comment_names_a_new_kind_but_the_ticket_keeps_its_own() -> Non
 def test_describe_does_not_repeat_what_the_detail_says() -> None:
     assert describe(ok("HTTP 200 in 40 ms")) == "HTTP 200 in 40 ms"
     assert describe(ok("up")) == "up, status 200, 40 ms"
+
+
+def test_the_unreachable_section_is_replaced_not_appended() -> None:
+    base = "# Lobby switch offline\n\nNo answer since 10:00."
+    listed = text.with_unreachable(base, ["cam-1", "cam-2"])
+    assert listed == f"{base}\n\n{text.UNREACHABLE_HEADING} (2): `cam-1`, `cam-2`"
+    again = text.with_unreachable(listed, ["cam-2"])
+    assert again == f"{base}\n\n{text.UNREACHABLE_HEADING} (1): `cam-2`"
+    assert text.with_unreachable(again, []) == base
+    assert text.with_unreachable("", ["a`b"]) == f"{text.UNREACHABLE_HEADING} (1): `a'b`"
+    many = text.with_unreachable(base, [f"d{n:03}" for n in range(205)])
+    assert many.endswith("`d199` and 5 more")
+    assert "(205)" in many

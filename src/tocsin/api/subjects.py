@@ -27,12 +27,15 @@ class SubjectHealthOut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     subject: SubjectRefOut
-    health: Literal["unknown", "up", "failing", "down", "recovering"]
+    health: Literal["unknown", "up", "failing", "down", "recovering", "unreachable"]
     flapping: bool
     since: str | None
     last_result: dict[str, Any] | None
     ticket_seq: int | None
     ticket_url: str | None
+    no_ticket_because: str | None
+    """Why an unhealthy subject has no ticket of its own: "parent <id>" (a parent it depends
+    on is down); null otherwise."""
     updated_at: str
 
 
@@ -52,8 +55,17 @@ def subject_json(row: states.StateRow, base_url: str) -> dict[str, Any]:
         "last_result": row.last_result,
         "ticket_seq": row.ticket_seq,
         "ticket_url": ticket_url(base_url, row.key.org, row.ticket_seq) if row.ticket_seq else None,
+        "no_ticket_because": no_ticket_because(row),
         "updated_at": rfc3339(row.updated_at),
     }
+
+
+def no_ticket_because(row: states.StateRow) -> str | None:
+    """Why an unhealthy subject has no ticket of its own, in a few words."""
+    held_by = row.state.get("held_by")
+    if held_by and row.ticket_seq is None and row.health in ("failing", "unreachable"):
+        return f"parent {held_by}"
+    return None
 
 
 async def list_subjects(request: web.Request) -> web.Response:

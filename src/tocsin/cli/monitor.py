@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from tocsin.api.subjects import subject_json
+from tocsin.api.subjects import no_ticket_because, subject_json
 from tocsin.cli.base import (
     config_option,
     fail,
@@ -54,12 +54,13 @@ def subjects_command(config_path: Path, org: str | None, as_json: bool) -> None:
         if row.health == "failing":
             health += " (in debounce)"
         detail = str((row.last_result or {}).get("detail", ""))
+        why = no_ticket_because(row)
         table.add_row(
             f"{row.key.type}:{row.key.id} {row.name}",
             health,
             row.since.strftime("%Y-%m-%d %H:%M:%S") if row.since else "",
             detail,
-            f"#{row.ticket_seq}" if row.ticket_seq else "",
+            f"#{row.ticket_seq}" if row.ticket_seq else (f"none: {why}" if why else ""),
         )
     out.print(table)
     if not rows:

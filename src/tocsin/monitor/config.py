@@ -110,7 +110,9 @@ class DeviceConfig(WindowOverrides):
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels, e.g. { rack = "A3" }."""
     depends_on: list[str] = Field(default_factory=list)
-    """Ids of subjects in the same org it depends on (each must exist)."""
+    """Ids of subjects in the same org it depends on (each must exist, no cycles): while one is
+    failing or down, this subject opens no ticket of its own (it is unreachable, and listed on
+    that parent's ticket); once none is, its debounce starts again."""
     probe: DeviceProbe
     """How it is probed; its type (http, snmp, mqtt or push) picks the other keys."""
 
@@ -131,7 +133,9 @@ class IntegrationConfig(WindowOverrides):
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels."""
     depends_on: list[str] = Field(default_factory=list)
-    """Ids of subjects in the same org it depends on (each must exist)."""
+    """Ids of subjects in the same org it depends on (each must exist, no cycles): while one is
+    failing or down, this subject opens no ticket of its own (it is unreachable, and listed on
+    that parent's ticket); once none is, its debounce starts again."""
     check: CredentialCheckSpec
     """The credential check: an authenticated HTTP request."""
 
@@ -215,12 +219,17 @@ def cross_check(
                 message = f"no broker {probe.broker!r} in [[mqtt.brokers]]"
                 problems.append((f"{where}[{i}].probe.broker", message))
     ids = {(org, subject_id) for org, _, subject_id in seen}
+    # (org, id) -> [(its parent's id, the key path naming it)]: ids resolve within the org.
+    graph: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for where, _, items in subjects:
         for i, subject in enumerate(items):
             for j, parent in enumerate(subject.depends_on):
+                path = f"{where}[{i}].depends_on[{j}]"
                 if (subject.org, parent) not in ids:
-                    message = f"no subject {parent!r} in the org"
-                    problems.append((f"{where}[{i}].depends_on[{j}]", message))
+                    problems.append((path, f"no subject {parent!r} in the org"))
+                else:
+                    graph.setdefault((subject.org, subject.id), []).append((parent, path))
+    problems += _cycles(graph)
     # (the spec's key path, as a template for its index; its index; the spec)
     specs: list[tuple[str, int, BaseModel]] = [
         ("mqtt.brokers[{}]", i, broker) for i, broker in enumerate(mqtt.brokers)
@@ -244,6 +253,36 @@ def cross_check(
             problem = read[variable, value]
             if problem is not None:
                 problems.append((f"{path.format(i)}.{key}", problem))
+    return problems
+
+
+def _cycles(graph: dict[tuple[str, str], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """A problem for each depends_on that closes a cycle (a subject cannot wait for itself)."""
+    problems: list[tuple[str, str]] = []
+    done: set[tuple[str, str]] = set()
+    for start in graph:
+        if start in done:
+            continue
+        # Depth first, iteratively: `trail` is the path from `start`, `on_trail` its members.
+        trail: list[tuple[tuple[str, str], int]] = [(start, 0)]
+        on_trail = {start}
+        while trail:
+            node, at = trail[-1]
+            edges = graph.get(node, [])
+            if at == len(edges):
+                trail.pop()
+                on_trail.discard(node)
+                done.add(node)
+                continue
+            trail[-1] = (node, at + 1)
+            parent, path = edges[at]
+            child = (node[0], parent)
+            if child in on_trail:
+                names = [n[1] for n, _ in trail[[n for n, _ in trail].index(child) :]]
+                problems.append((path, "a cycle: " + " -> ".join([*names, parent])))
+            elif child not in done:
+                trail.append((child, 0))
+                on_trail.add(child)
     return problems
 
 

@@ -13,6 +13,7 @@ is kept and written when the store takes it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import defaultdict
@@ -31,8 +32,10 @@ from tocsin.db import schema
 from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.monitor import states
 from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
+from tocsin.monitor.parents import HOLDING, Dependencies
 from tocsin.probes.observation import Observation, SubjectKey
-from tocsin.tickets.model import ActorType, Source, State
+from tocsin.tickets.errors import TicketError
+from tocsin.tickets.model import Actor, ActorType, Source, State
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import (
     Comment,
@@ -41,6 +44,7 @@ from tocsin.tracker import (
     Now,
     Observed,
     OpenTicket,
+    ParentChanged,
     Reason,
     ReopenTicket,
     ResolveTicket,
@@ -57,6 +61,7 @@ from tocsin.tracker import (
     load,
     next_tick,
     step,
+    text,
 )
 from tocsin.tracker.state import SubjectHealth
 
@@ -118,6 +123,9 @@ class HealthMonitor:
         self._last_stale_save = float("-inf")
         self._changed = 0  # subjects that became dirty since the last save
         self._last_change = float("-inf")
+        self.dependencies = Dependencies()
+        # Parents whose open ticket's list of unreachable children may be out of date.
+        self._lists: set[SubjectKey] = set()
 
     # -- the subjects ------------------------------------------------------------------------
 
@@ -146,6 +154,42 @@ class HealthMonitor:
             # writes nothing (it used to save all 100,000 states again).
             tracked.dirty = tracked.dirty or tracked.name != name
             tracked.name, tracked.windows = name, windows
+
+    def set_parents(self, parents: dict[SubjectKey, list[SubjectKey]]) -> None:
+        """Who depends on whom (`depends_on` as keys); children whose holder this changes (a
+        parent added, or removed from the config) are told at once."""
+        self.dependencies.set(parents)
+        now = self.now()
+        held = [k for k, t in self._subjects.items() if t.state.held_by is not None]
+        for key in {*self.dependencies.dependents(), *held}:
+            self._tell(key, now)
+
+    def _tell(self, key: SubjectKey, now: Now) -> None:
+        """Tell a subject which parent holds it now, if that changed."""
+        tracked = self._subjects.get(key)
+        if tracked is None:
+            return
+        current = tracked.state.held_by
+        holder = self.dependencies.holder(key, current, self._health_of)
+        if holder != current:
+            for parent in self._keys_of(key.org, current, holder):
+                self._lists.add(parent)
+            self._handle(tracked, ParentChanged(holder), now)
+
+    def _health_of(self, key: SubjectKey) -> SubjectHealth | None:
+        tracked = self._subjects.get(key)
+        return None if tracked is None else tracked.state.health
+
+    def _keys_of(self, org: str, *ids: str | None) -> list[SubjectKey]:
+        """The tracked parents of these ids (a device first, as `depends_on` resolves them)."""
+        keys = []
+        for parent_id in ids:
+            if parent_id is not None:
+                for kind in ("device", "integration"):
+                    if (key := SubjectKey(org, kind, parent_id)) in self._subjects:
+                        keys.append(key)
+                        break
+        return keys
 
     async def remove(self, *keys: SubjectKey) -> None:
         """Stop tracking these subjects and drop their saved state (one write for all)."""
@@ -335,7 +379,39 @@ class HealthMonitor:
 
     async def housekeeping(self) -> None:
         await self._poll_people()
+        await self._list_unreachable()
         await self.save()
+
+    async def _list_unreachable(self) -> None:
+        """Keep each down parent's open ticket listing the children it holds unreachable (a
+        description edit: on the timeline, no webhook), at most one edit a parent a pass."""
+        lists, self._lists = self._lists, set()
+        for parent in lists:
+            tracked = self._subjects.get(parent)
+            if tracked is None:
+                continue
+            state = tracked.state
+            seq = state.ticket_seq
+            if seq is None or not state.ticket_open or state.health not in HOLDING:
+                continue
+            children = sorted(
+                child.id
+                for child in self.dependencies.children(parent)
+                if (held := self._subjects.get(child)) is not None
+                and held.state.held_by == parent.id
+                and held.state.health is SubjectHealth.UNREACHABLE
+            )
+            try:
+                await self._store.revise_description(
+                    parent.org,
+                    seq,
+                    Actor.health_monitor(),
+                    functools.partial(text.with_unreachable, children=children),
+                )
+            except TicketError as exc:  # e.g. a description grown past the limit: not again
+                log.warning("unreachable children not listed", seq=seq, error=str(exc))
+            except (StoreUnavailable, StoreClosed, SQLAlchemyError, OSError):
+                self._lists.add(parent)  # the next pass tries again
 
     # -- the tracker and the store -------------------------------------------------------------
 
@@ -351,8 +427,17 @@ class HealthMonitor:
                 self._changed += not tracked.dirty
                 self._last_change = now.mono
                 tracked.dirty = True
-            if after.health is not before.health and self.on_health is not None:
-                self.on_health(tracked.key, after.health)
+            parent = self.dependencies.has_children(tracked.key)
+            if parent and after.ticket_seq != before.ticket_seq:
+                self._lists.add(tracked.key)  # its ticket opened: list who it holds
+            if after.health is not before.health:
+                if self.on_health is not None:
+                    self.on_health(tracked.key, after.health)
+                if parent:
+                    for child in self.dependencies.children(tracked.key):
+                        self._tell(child, now)
+                if after.held_by is not None:  # it went unreachable, or left it
+                    self._lists.update(self._keys_of(tracked.key.org, after.held_by))
         for decision in decisions:
             if isinstance(decision, Note):
                 # "Unknown" comes to every device of a broker at once (80,000 lines when it
@@ -499,6 +584,7 @@ def _only_results_changed(before: SubjectState, after: SubjectState) -> bool:
         and before.first_failure is after.first_failure
         and before.first_success is after.first_success
         and before.changes == after.changes
+        and before.held_by == after.held_by
     )
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tocsin.config import Settings
 from tocsin.metrics import Metrics
+from tocsin.monitor import parents
 from tocsin.monitor.config import (
     DeviceConfig,
     Subject,
@@ -220,6 +221,8 @@ class MonitorService:
                 interval = interval_for(defaults, subject).total_seconds()
                 debounce = windows.debounce.total_seconds()
                 self._retry[key] = max(0.1, min(interval, debounce / 3 if debounce else interval))
+        depends_on = {key: s.depends_on for key, s in self._subjects.items() if s.depends_on}
+        self.monitor.set_parents(parents.resolve(depends_on, self._subjects))
 
     def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
         """A failing subject is looked at more often, until it is up or ticketed."""

@@ -23,7 +23,7 @@ S = schema.subject_states
 class StateRow:
     key: SubjectKey
     name: str
-    health: str  # unknown | up | failing | down | recovering
+    health: str  # unknown | up | failing | down | recovering | unreachable
     flapping: bool
     since: datetime | None
     ticket_seq: int | None  # the subject's open health-monitor ticket, if any

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select
+from sqlalchemy.engine import Connection
 
 from tocsin import cursors
 from tocsin.db import schema
@@ -169,6 +170,19 @@ class TicketStore:
         return await self._writer.run(
             lambda conn: writes.edit_description(conn, org, seq, actor, description, self._clock())
         )
+
+    async def revise_description(
+        self, org: str, seq: int, actor: Actor, revise: Callable[[str], str]
+    ) -> Change:
+        """Edit the description to `revise(current)` in one transaction, so an edit a person
+        makes meanwhile is never lost (nothing is recorded when it comes out the same)."""
+
+        def op(conn: Connection) -> Change:
+            description = revise(writes.locked_ticket(conn, org, seq).description)
+            check_text("description", description, allow_empty=True)
+            return writes.edit_description(conn, org, seq, actor, description, self._clock())
+
+        return await self._writer.run(op)
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -55,6 +55,15 @@ class TicketReopenedByPerson:
     seq: int
 
 
+@dataclass(frozen=True)
+class ParentChanged:
+    """Whether a parent the subject depends on is down: `parent` names the one that holds its
+    ticket back (failing, down or unreachable itself), None once none is. The wiring says it
+    when that changes; an unknown parent changes nothing."""
+
+    parent: str | None
+
+
 Event = (
     Observed
     | Tick
@@ -62,6 +71,7 @@ Event = (
     | TicketStartedByPerson
     | TicketResolvedByPerson
     | TicketReopenedByPerson
+    | ParentChanged
 )
 
 # -- decisions -----------------------------------------------------------------------------------
@@ -87,6 +97,9 @@ class Reason(StrEnum):
     BECAME_UNKNOWN = "became_unknown"
     FLAPPING_STOPPED = "flapping_stopped"
     IGNORED = "ignored"  # a ticket event about another ticket than the subject's monitor ticket
+    SUPPRESSED_BY_PARENT = "suppressed_by_parent"  # past the debounce, but a parent is down
+    PARENT_DOWN = "parent_down"  # a parent went down: this subject opens no ticket meanwhile
+    PARENT_UP = "parent_up"  # no parent is down any more: the debounce runs from now
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def dump(state: SubjectState, now: Now) -> dict[str, Any]:
         },
         "flapping": state.flapping,
         "changes": [wall_at(t) for t in state.changes],
+        "held_by": state.held_by,
     }
 
 
@@ -151,6 +152,8 @@ def _load(data: dict[str, Any], now: Now) -> SubjectState:
         ticket=ticket,
         flapping=bool(data["flapping"]),
         changes=tuple(at(text).mono for text in data["changes"]),
+        # Kept until the parent is seen again (added later: older saves have none).
+        held_by=None if data.get("held_by") is None else str(data["held_by"]),
     )
 
 

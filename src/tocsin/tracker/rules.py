@@ -21,6 +21,7 @@ from tocsin.tracker.events import (
     Note,
     Observed,
     OpenTicket,
+    ParentChanged,
     Reason,
     ReopenTicket,
     ResolveTicket,
@@ -48,6 +49,7 @@ UP = SubjectHealth.UP
 FAILING = SubjectHealth.FAILING
 DOWN = SubjectHealth.DOWN
 RECOVERING = SubjectHealth.RECOVERING
+UNREACHABLE = SubjectHealth.UNREACHABLE
 
 # The kinds a health-monitor ticket may have; a probe's other hints fall back by subject type.
 MONITOR_KINDS = frozenset(
@@ -82,6 +84,8 @@ def step(
         case TicketReopenedByPerson(seq=seq):
             if _is_current(state, seq, out, want_open=False):
                 state = _reopened_by_person(state)
+        case ParentChanged(parent=parent):
+            state = _parent_changed(state, parent, now, out)
     return _advance(state, now, windows, out), out
 
 
@@ -126,13 +130,17 @@ def _healthy(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
             return evolve(s, health=RECOVERING, since=now, first_success=now)
         case SubjectHealth.UNKNOWN:
             return evolve(s, health=UP, since=now, first_failure=None, first_success=now)
-        case SubjectHealth.FAILING if s.ticket_open:
+        case SubjectHealth.FAILING | SubjectHealth.UNREACHABLE if s.ticket_open:
             # Failing on a ticket left open (or reopened by a person): its recovery is news.
             out.append(Note(Reason.RECOVERING, "healthy: the recovery window started"))
             s = _changed(s, now, w, out)
             return evolve(s, health=RECOVERING, since=now, first_success=now)
         case SubjectHealth.FAILING:
             out.append(Note(Reason.DEBOUNCE_CANCELLED, "healthy inside the debounce window"))
+            s = _changed(s, now, w, out)
+            return evolve(s, health=UP, since=now, first_failure=None, first_success=now)
+        case SubjectHealth.UNREACHABLE:
+            out.append(Note(Reason.DEBOUNCE_CANCELLED, "healthy again while a parent is down"))
             s = _changed(s, now, w, out)
             return evolve(s, health=UP, since=now, first_failure=None, first_success=now)
         case SubjectHealth.DOWN:
@@ -172,7 +180,7 @@ def _unhealthy(
                 failures=1,
                 last_failure=now,
             )
-        case SubjectHealth.FAILING:
+        case SubjectHealth.FAILING | SubjectHealth.UNREACHABLE:
             return evolve(s, failures=s.failures + 1, last_failure=now)
         case SubjectHealth.RECOVERING:
             out.append(Note(Reason.RELAPSED, f"unhealthy again while recovering: {obs.detail}"))
@@ -241,6 +249,10 @@ def _advance(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
         return s
     elapsed = now.seconds_since(s.since)
     if s.health is FAILING and elapsed >= w.debounce.total_seconds() and _confirmed(s, w):
+        if s.held_by is not None and not s.ticket_open:  # suppression stops openings only
+            body = f"no ticket of its own: its parent {s.held_by} is down"
+            out.append(Note(Reason.SUPPRESSED_BY_PARENT, body))
+            return evolve(s, health=UNREACHABLE, since=now)
         return _debounce_elapsed(s, now, w, out)
     if s.health is RECOVERING and elapsed >= w.recovery.total_seconds():
         return _recovery_elapsed(s, now, w, out)
@@ -335,7 +347,7 @@ def _opened(s: SubjectState, seq: int, w: Windows, out: list[Decision]) -> Subje
 
 
 def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
-    unhealthy = s.health in (FAILING, DOWN)
+    unhealthy = s.health in (FAILING, DOWN, UNREACHABLE)
     ticket = evolve(
         _ticket(s),
         open=False,
@@ -351,6 +363,32 @@ def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
         return evolve(s, health=FAILING, since=when, failures=1, last_failure=when)
     if s.health is RECOVERING:
         return evolve(s, health=UP, since=when, first_failure=None)
+    return s
+
+
+def _parent_changed(
+    s: SubjectState, parent: str | None, now: Now, out: list[Decision]
+) -> SubjectState:
+    """A parent went down (`parent`), or none is down any more (None).
+
+    While held, a subject past its debounce is `unreachable` and opens nothing; what it has
+    open stays open and still resolves. Released, a subject still unhealthy is failing from
+    now: its debounce (and its confirming checks) start again, so devices coming back after
+    their switch do not open tickets on the way.
+    """
+    if parent == s.held_by:
+        return s
+    if parent is not None:
+        if s.held_by is None and s.health in (FAILING, UNREACHABLE):
+            body = f"its parent {parent} is down: no ticket meanwhile"
+            out.append(Note(Reason.PARENT_DOWN, body))
+        return evolve(s, held_by=parent)
+    s = evolve(s, held_by=None)
+    if s.health in (FAILING, UNREACHABLE) and not s.ticket_open:
+        out.append(Note(Reason.PARENT_UP, "no parent is down: the debounce starts again"))
+        return evolve(
+            s, health=FAILING, since=now, first_failure=now, failures=0, last_failure=None
+        )
     return s
 
 

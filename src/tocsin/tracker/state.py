@@ -83,6 +83,7 @@ class SubjectHealth(StrEnum):
     UNKNOWN = "unknown"  # not observed since start, or the probe could not tell
     UP = "up"
     FAILING = "failing"  # unhealthy, inside the debounce window
+    UNREACHABLE = "unreachable"  # unhealthy past the debounce while a parent is down: no ticket
     DOWN = "down"  # unhealthy, its ticket is open
     RECOVERING = "recovering"  # healthy, inside the recovery window, its ticket still open
 
@@ -137,6 +138,7 @@ class SubjectState:
     ticket: MonitorTicket | None = None
     flapping: bool = False
     changes: tuple[float, ...] = ()  # monotonic times of recent state changes, oldest first
+    held_by: str | None = None  # a parent (depends_on) that is down: opens no ticket meanwhile
 
     @property
     def ticket_open(self) -> bool:

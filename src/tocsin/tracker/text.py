@@ -204,6 +204,26 @@ def _code(word: str) -> str:
     return "`" + " ".join(word.replace("`", "'").split())[:MAX_CELL] + "`"
 
 
+UNREACHABLE_HEADING = "**Unreachable while this is down**"
+UNREACHABLE_LISTED = 200  # ids listed at most; the count says the rest
+
+
+def with_unreachable(description: str, children: Sequence[str]) -> str:
+    """The description with its closing section listing the children this subject holds
+    unreachable (replaced, not appended again; gone when none is)."""
+    base, _, _ = description.partition(f"\n\n{UNREACHABLE_HEADING}")
+    if description.startswith(UNREACHABLE_HEADING):
+        base = ""
+    if not children:
+        return base
+    listed = ", ".join(_code(child) for child in children[:UNREACHABLE_LISTED])
+    more = len(children) - UNREACHABLE_LISTED
+    if more > 0:
+        listed += f" and {more} more"
+    section = f"{UNREACHABLE_HEADING} ({len(children)}): {listed}"
+    return f"{base}\n\n{section}" if base else section
+
+
 def kind_display(kind: str) -> str:
     return Kind(kind).display if kind in Kind.__members__.values() else kind
 
