@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tocsin.api.app import make_app
@@ -141,4 +142,26 @@ async def api(settings: Settings, store: TicketStore) -> AsyncIterator[Api]:
     await server.start_server()
     async with aiohttp.ClientSession() as session:
         yield Api(session, str(server.make_url("")).rstrip("/"))
+    await server.close()
+
+
+class Switchable:
+    """A device's /health endpoint that answers 200, or 503 once `ok` is False."""
+
+    def __init__(self) -> None:
+        self.ok = True
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200 if self.ok else 503)
+
+
+@pytest.fixture
+async def switchable() -> AsyncIterator[tuple[Switchable, str]]:
+    """A real aiohttp device on a free loopback port: (its switch, its /health URL)."""
+    state = Switchable()
+    app = web.Application()
+    app.router.add_get("/health", state.health)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield state, str(server.make_url("/health"))
     await server.close()

@@ -10,33 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
+from tests.conftest import Switchable
 from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 from tests.peers import Mosquitto
 from tests.probes.test_mqtt_probe import publisher
 
 CAMERAS = 200
-
-
-class Switch:
-    def __init__(self) -> None:
-        self.up = True
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.up else 503)
-
-
-@pytest.fixture
-async def switch() -> AsyncIterator[tuple[Switch, str]]:
-    state = Switch()
-    app = web.Application()
-    app.router.add_get("/health", state.health)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield state, str(server.make_url("/health"))
-    await server.close()
 
 
 def status(n: int) -> str:
@@ -63,10 +43,10 @@ def write_config(tmp_path: Path, port: int, broker: Mosquitto, switch_url: str) 
 
 @pytest.fixture
 async def daemon(
-    tmp_path: Path, mosquitto: Mosquitto, switch: tuple[Switch, str]
+    tmp_path: Path, mosquitto: Mosquitto, switchable: tuple[Switchable, str]
 ) -> AsyncIterator[Daemon]:
     port = free_port()
-    process = Daemon(write_config(tmp_path, port, mosquitto, switch[1]), port)
+    process = Daemon(write_config(tmp_path, port, mosquitto, switchable[1]), port)
     await process.start()
     yield process
     if process.process is not None and process.process.poll() is None:
@@ -98,12 +78,12 @@ def everyone_up(found: dict[str, tuple[str, str | None, int | None]]) -> bool:
 
 
 async def test_a_switch_down_with_200_cameras_is_one_ticket(
-    daemon: Daemon, mosquitto: Mosquitto, switch: tuple[Switch, str]
+    daemon: Daemon, mosquitto: Mosquitto, switchable: tuple[Switchable, str]
 ) -> None:
-    state, _ = switch
+    state, _ = switchable
     await publish_all(mosquitto, b"online")
     await eventually(lambda: subjects(daemon), everyone_up, what="all up")
-    state.up = False  # the switch fails; its cameras' connections drop a moment later
+    state.ok = False  # the switch fails; its cameras' connections drop a moment later
     await eventually(
         lambda: subjects(daemon),
         lambda s: s["sw-riser-2"][0] in ("failing", "down"),
@@ -127,7 +107,7 @@ async def test_a_switch_down_with_200_cameras_is_one_ticket(
     assert "`cam-199`" in listed["description"]
 
     await publish_all(mosquitto, b"online")
-    state.up = True
+    state.ok = True
     await eventually(
         lambda: daemon.ticket(seq), lambda t: t["state"] == "resolved", what="switch resolved"
     )

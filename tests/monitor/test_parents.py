@@ -43,6 +43,16 @@ async def run_for(
         await monitor.tick()
 
 
+async def all_fail(
+    monitor: HealthMonitor, clocks: Clocks, keys: list[SubjectKey], *, seconds: int
+) -> dict[SubjectKey, Observation]:
+    """Everyone up for 30 s, then failing for `seconds`; the failing observations."""
+    await run_for(monitor, clocks, 30, {key: up() for key in keys})
+    outage = {key: down("timeout after 2 s", "timeout") for key in keys}
+    await run_for(monitor, clocks, seconds, outage)
+    return outage
+
+
 def health(monitor: HealthMonitor, keys: Iterable[SubjectKey]) -> set[SubjectHealth]:
     return {monitor.subjects()[key].state.health for key in keys}
 
@@ -60,10 +70,7 @@ async def test_a_switch_down_with_its_children_is_one_ticket_listing_them(
     tickets: TicketStore, clocks: Clocks
 ) -> None:
     monitor = await new_monitor(tickets, clocks)
-    everyone = {key: up() for key in [SWITCH, *CHILDREN]}
-    await run_for(monitor, clocks, 60, everyone)
-    outage = {key: down("timeout after 2 s", "timeout") for key in everyone}
-    await run_for(monitor, clocks, 300, outage)
+    outage = await all_fail(monitor, clocks, [SWITCH, *CHILDREN], seconds=300)
     opened = await tickets_by_subject(tickets)
     assert list(opened) == [SWITCH.id]  # one ticket: the switch's
     assert health(monitor, CHILDREN) == {SubjectHealth.UNREACHABLE}
@@ -91,9 +98,7 @@ async def test_a_restart_mid_outage_opens_nothing_twice(
 ) -> None:
     monitor = await new_monitor(tickets, clocks)
     everyone = [SWITCH, *CHILDREN]
-    await run_for(monitor, clocks, 30, {key: up() for key in everyone})
-    outage = {key: down("timeout after 2 s", "timeout") for key in everyone}
-    await run_for(monitor, clocks, 300, outage)
+    outage = await all_fail(monitor, clocks, everyone, seconds=300)
     await monitor.save(force=True)
 
     # A new process: the children are seen before the switch, past their debounce.
@@ -111,9 +116,7 @@ async def test_a_reload_without_the_dependency_releases_the_children(
 ) -> None:
     monitor = await new_monitor(tickets, clocks)
     everyone = [SWITCH, *CHILDREN]
-    await run_for(monitor, clocks, 30, {key: up() for key in everyone})
-    outage = {key: down("timeout after 2 s", "timeout") for key in everyone}
-    await run_for(monitor, clocks, 300, outage)
+    outage = await all_fail(monitor, clocks, everyone, seconds=300)
     assert list(await tickets_by_subject(tickets)) == [SWITCH.id]
     monitor.set_parents({})  # the reloaded config has no depends_on
     assert health(monitor, CHILDREN) == {SubjectHealth.FAILING}
@@ -133,9 +136,7 @@ async def test_children_held_before_the_parents_ticket_opens_are_listed_once_it_
     monitor.set_parents({child: [SWITCH] for child in CHILDREN})
     await monitor.restore()
     everyone = [SWITCH, *CHILDREN]
-    await run_for(monitor, clocks, 30, {key: up() for key in everyone})
-    outage = {key: down("timeout after 2 s", "timeout") for key in everyone}
-    await run_for(monitor, clocks, 180, outage)
+    outage = await all_fail(monitor, clocks, everyone, seconds=180)
     assert health(monitor, CHILDREN) == {SubjectHealth.UNREACHABLE}
     assert await tickets_by_subject(tickets) == {}  # the switch is still in its debounce
     await run_for(monitor, clocks, 90, outage)

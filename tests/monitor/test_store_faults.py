@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,14 +26,6 @@ from tocsin.probes.observation import SubjectKey
 from tocsin.tickets.model import EventType, State
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import Comment, Reason
-
-
-@pytest.fixture
-async def tickets(database: Database, clocks: Clocks) -> AsyncIterator[TicketStore]:
-    store = TicketStore(database, clock=lambda: clocks.wall)
-    store.start()
-    yield store
-    await store.close()
 
 
 async def refuse_writes(store: TicketStore, refuse: bool = True) -> None:

@@ -12,10 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-
+from tests.conftest import Switchable
 from tests.peers import process_alive
 from tocsin.metrics import Metrics
 from tocsin.monitor.worker import SPARE_FROM_BYTES, WorkerProcess, WorkerPulls, cpus
@@ -24,25 +21,6 @@ from tocsin.probes.http import HttpSpec
 from tocsin.probes.observation import Health, Observation, SubjectKey
 
 INTERVAL = 0.2
-
-
-class Device:
-    def __init__(self) -> None:
-        self.ok = True
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200 if self.ok else 503)
-
-
-@pytest.fixture
-async def device() -> AsyncIterator[tuple[Device, str]]:
-    state = Device()
-    app = web.Application()
-    app.router.add_get("/health", state.health)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield state, str(server.make_url("/health"))
-    await server.close()
 
 
 def key(n: int) -> SubjectKey:
@@ -56,7 +34,9 @@ def spec(url: str) -> HttpSpec:
 Seen = list[tuple[SubjectKey, Observation, float]]
 
 
-def pulls_into(seen: Seen, metrics: Metrics | None = None) -> WorkerPulls:
+def pulls_into(
+    seen: Seen, metrics: Metrics | None = None, spare: WorkerProcess | None = None
+) -> WorkerPulls:
     return WorkerPulls(
         lambda k, o, at: seen.append((k, o, at)),
         base_dir=None,
@@ -65,6 +45,7 @@ def pulls_into(seen: Seen, metrics: Metrics | None = None) -> WorkerPulls:
         per_host=16,
         log_format="json",
         metrics=metrics,
+        spare=spare,
     )
 
 
@@ -94,8 +75,10 @@ async def running(pulls: WorkerPulls) -> AsyncIterator[asyncio.Event]:
             await task
 
 
-async def test_results_come_back_and_follow_the_schedule(device: tuple[Device, str]) -> None:
-    state, url = device
+async def test_results_come_back_and_follow_the_schedule(
+    switchable: tuple[Switchable, str],
+) -> None:
+    state, url = switchable
     seen: Seen = []
     metrics = Metrics()
     pulls = pulls_into(seen, metrics)
@@ -128,9 +111,9 @@ async def test_results_come_back_and_follow_the_schedule(device: tuple[Device, s
 
 
 async def test_a_killed_worker_is_started_again_with_its_schedule(
-    device: tuple[Device, str],
+    switchable: tuple[Switchable, str],
 ) -> None:
-    _, url = device
+    _, url = switchable
     seen: Seen = []
     pulls = pulls_into(seen)
     for n in range(3):
@@ -148,9 +131,9 @@ async def test_a_killed_worker_is_started_again_with_its_schedule(
 
 
 async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
-    device: tuple[Device, str],
+    switchable: tuple[Switchable, str],
 ) -> None:
-    _, url = device
+    _, url = switchable
     seen: Seen = []
     pulls = pulls_into(seen)
     pulls.add(key(1), spec(url), INTERVAL)
@@ -168,20 +151,12 @@ async def test_stopping_ends_the_worker_and_sigterm_alone_does_not(
 
 
 async def test_a_spare_started_before_the_daemon_runs_is_the_worker_and_gets_its_schedule_early(
-    device: tuple[Device, str],
+    switchable: tuple[Switchable, str],
 ) -> None:
-    _, url = device
+    _, url = switchable
     spare = WorkerProcess()  # as the CLI does, before the config is parsed
     seen: Seen = []
-    pulls = WorkerPulls(
-        lambda k, o, at: seen.append((k, o, at)),
-        base_dir=None,
-        environ={},
-        max_concurrency=16,
-        per_host=16,
-        log_format="json",
-        spare=spare,
-    )
+    pulls = pulls_into(seen, spare=spare)
     pulls.add(key(1), spec(url), INTERVAL)
     pulls.add(key(2), spec(url), INTERVAL)
     pulls.preload()  # the schedule so far goes to the spare before the daemon runs ...
