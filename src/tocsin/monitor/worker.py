@@ -40,7 +40,7 @@ from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.pulls import PullSpec, probe_type, run_scheduler, schedule
 from tocsin.monitor.scheduler import PullScheduler, ResultSink
 from tocsin.probes.base import ProbeContext
-from tocsin.probes.observation import Observation, SubjectKey
+from tocsin.probes.observation import Observation, Sharing, SubjectKey
 from tocsin.restarts import Backoff
 
 log = structlog.get_logger("tocsin.monitor")
@@ -170,6 +170,7 @@ class WorkerPulls:
             "log_format": log_format,
         }
         self._specs: dict[SubjectKey, tuple[PullSpec, float]] = {}
+        self._sharing = Sharing()
         self._retries: dict[SubjectKey, float] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._outbox: list[tuple[Any, ...]] = []
@@ -333,7 +334,7 @@ class WorkerPulls:
                 continue  # removed while its check ran
             if self.metrics is not None:
                 self.metrics.observed(probe_type(known[0]), observation, seconds)
-            self._sink(key, observation, began)
+            self._sink(key, self._sharing(observation), began)
 
 
 async def serve(sock: socket.socket) -> None:
