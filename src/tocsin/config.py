@@ -17,6 +17,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -514,10 +515,13 @@ def load(
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([Problem("", f"cannot read {file}: {_reason(exc)}")]) from None
-    settings = parse(text, base_dir=file.resolve().parent, env=env)
-    if keep_source:
-        settings = replace(settings, source=zlib.compress(text.encode(), 1))
-    return settings
+    if not keep_source:
+        return parse(text, base_dir=file.resolve().parent, env=env)
+    # zlib lets go of the GIL: an 18 MB config is compressed while it is parsed.
+    with ThreadPoolExecutor(1, thread_name_prefix="tocsin-config") as pool:
+        source = pool.submit(zlib.compress, text.encode(), 1)
+        settings = parse(text, base_dir=file.resolve().parent, env=env)
+        return replace(settings, source=source.result())
 
 
 def subject_models(text: str) -> tuple[list[Any], list[Any]]:

@@ -210,8 +210,9 @@ def cross_check(
         for i, subject in enumerate(items):
             if subject.org not in orgs:
                 problems.append((f"{where}[{i}].org", f"no org {subject.org!r} in [[orgs]]"))
-            first = seen.setdefault((subject.org, kind, subject.id), (where, i))
-            if first != (where, i):
+            place = (where, i)
+            first = seen.setdefault((subject.org, kind, subject.id), place)
+            if first is not place:
                 message = f"{subject.id!r} is also {first[0]}[{first[1]}]"
                 problems.append((f"{where}[{i}].id", message))
             probe = subject.probe if isinstance(subject, DeviceConfig) else None
@@ -223,6 +224,8 @@ def cross_check(
     graph: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for where, _, items in subjects:
         for i, subject in enumerate(items):
+            if not subject.depends_on:
+                continue
             for j, parent in enumerate(subject.depends_on):
                 path = f"{where}[{i}].depends_on[{j}]"
                 if (subject.org, parent) not in ids:
