@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from tests.tracker.helpers import MIN, Sim, bad, ok, reasons
-from tocsin.monitor.parents import holder
+from tocsin.monitor.parents import holder, resolve
+from tocsin.probes.observation import SubjectKey
 from tocsin.tracker import ParentChanged, Reason, SubjectHealth, Windows, ticket_decisions
 
 H = SubjectHealth
@@ -137,3 +138,18 @@ def test_which_parent_holds_a_subject(
     parents: list[tuple[str, SubjectHealth | None]], current: str | None, expected: str | None
 ) -> None:
     assert holder(parents, current) == expected
+
+
+def test_depends_on_ids_resolve_to_the_orgs_device_first() -> None:
+    known = [
+        SubjectKey("acme", "integration", "ups"),
+        SubjectKey("acme", "device", "ups"),  # the device of that id wins, whatever the order
+        SubjectKey("acme", "integration", "bms"),
+        SubjectKey("beta", "device", "sw-1"),
+        SubjectKey("acme", "device", "cam"),
+    ]
+    cam = SubjectKey("acme", "device", "cam")
+    assert resolve({cam: ["ups", "bms", "sw-1"]}, known) == {
+        cam: [SubjectKey("acme", "device", "ups"), SubjectKey("acme", "integration", "bms")]
+    }  # sw-1 is another org's: not this camera's parent
+    assert resolve({cam: []}, known) == {}
