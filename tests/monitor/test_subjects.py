@@ -19,23 +19,24 @@ from tocsin.tracker import Windows
 CAM = SubjectKey("acme", "device", "cam-1")
 DOOR = SubjectKey("acme", "device", "door-2")
 OTHER_ORG = SubjectKey("beta", "device", "pump")
+SWITCH = SubjectKey("acme", "device", "sw-1")
+BEHIND = SubjectKey("acme", "device", "cam-9")  # depends on the switch
+FAILED = Observation(
+    Health.UNHEALTHY, "HTTP 503 in 3 ms", kind_hint="device_offline", error_class="http_status"
+)
 
 
 async def seed(store: TicketStore) -> None:
     clock = [100.0]
     monitor = HealthMonitor(store, monotonic=lambda: clock[0])
-    for key, name in ((CAM, "Lobby camera"), (DOOR, "Back door"), (OTHER_ORG, "Pump")):
+    subjects = [(CAM, "Lobby camera"), (DOOR, "Back door"), (OTHER_ORG, "Pump")]
+    for key, name in [*subjects, (SWITCH, "Lobby switch"), (BEHIND, "Stair camera")]:
         monitor.configure(key, name, Windows())
+    monitor.set_parents({BEHIND: [SWITCH], DOOR: [SWITCH]})
     await monitor.restore()
-    await monitor.handle_observation(
-        CAM,
-        Observation(
-            Health.UNHEALTHY,
-            "HTTP 503 in 3 ms",
-            kind_hint="device_offline",
-            error_class="http_status",
-        ),
-    )
+    await monitor.handle_observation(CAM, FAILED)
+    await monitor.handle_observation(SWITCH, FAILED)  # it holds the cameras behind it
+    await monitor.handle_observation(BEHIND, FAILED)
     await monitor.handle_observation(DOOR, Observation(Health.HEALTHY, "HTTP 200 in 2 ms"))
     await monitor.save(force=True)
 
@@ -47,12 +48,16 @@ async def test_the_api_lists_each_subjects_health_for_the_tokens_org_only(
     status, body = await api.call("GET", "/api/v1/orgs/acme/subjects", token="acme-read")
     assert status == 200
     by_id = {s["subject"]["id"]: s for s in body["subjects"]}  # type: ignore[union-attr]
-    assert set(by_id) == {"cam-1", "door-2"}
+    assert set(by_id) == {"cam-1", "cam-9", "door-2", "sw-1"}
     assert by_id["cam-1"]["health"] == "failing"  # in debounce
     assert by_id["cam-1"]["last_result"]["detail"] == "HTTP 503 in 3 ms"
     assert by_id["cam-1"]["ticket_seq"] is None
+    assert by_id["cam-1"]["no_ticket_because"] is None  # its own debounce: no other reason
     assert by_id["door-2"]["health"] == "up"
     assert by_id["door-2"]["subject"]["name"] == "Back door"
+    assert by_id["door-2"]["no_ticket_because"] is None  # held, but healthy: nothing to say
+    assert by_id["cam-9"]["health"] == "failing"
+    assert by_id["cam-9"]["no_ticket_because"] == "parent sw-1"
     status, _ = await api.call("GET", "/api/v1/orgs/beta/subjects", token="acme-read")
     assert status == 404
     status, _ = await api.call("GET", "/api/v1/orgs/acme/subjects", token=None)
@@ -69,12 +74,16 @@ async def test_the_cli_shows_subjects(store: TicketStore, db_url: str, tmp_path:
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [r["subject"]["id"] for r in rows] == ["cam-1", "door-2"]
+    assert [r["subject"]["id"] for r in rows] == ["cam-1", "cam-9", "door-2", "sw-1"]
+    assert rows[1]["no_ticket_because"] == "parent sw-1"
     table = await asyncio.to_thread(
-        CliRunner().invoke, main, ["subjects", "--config", str(config), "--org", "acme"]
+        CliRunner(env={"COLUMNS": "200"}).invoke,
+        main,
+        ["subjects", "--config", str(config), "--org", "acme"],
     )
     assert table.exit_code == 0
     assert "debounce" in table.output  # the table may wrap "(in debounce)"
+    assert "none: parent sw-1" in table.output
 
 
 def test_ping_url_prints_the_key_the_daemon_will_accept(db_url: str, tmp_path: Path) -> None:
