@@ -224,8 +224,6 @@ def cross_check(
     graph: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for where, _, items in subjects:
         for i, subject in enumerate(items):
-            if not subject.depends_on:
-                continue
             for j, parent in enumerate(subject.depends_on):
                 path = f"{where}[{i}].depends_on[{j}]"
                 if (subject.org, parent) not in ids:

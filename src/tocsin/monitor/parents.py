@@ -7,7 +7,7 @@ depends on whom and answers, when a parent's health changes, which parent now ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 
 from tocsin.probes.observation import SubjectKey
 from tocsin.tracker import SubjectHealth
@@ -70,17 +70,21 @@ class Dependencies:
         return holder(((p.id, health(p)) for p in self._parents.get(child, ())), current)
 
 
+def parent_key(org: str, parent: str, known: Container[SubjectKey]) -> SubjectKey | None:
+    """The subject a `depends_on` id names: the org's device of that id, or else its
+    integration (the config refuses ids that name neither)."""
+    for kind in ("device", "integration"):
+        if (key := SubjectKey(org, kind, parent)) in known:
+            return key
+    return None
+
+
 def resolve(
-    depends_on: Mapping[SubjectKey, Sequence[str]], known: Iterable[SubjectKey]
+    depends_on: Mapping[SubjectKey, Sequence[str]], known: Container[SubjectKey]
 ) -> dict[SubjectKey, list[SubjectKey]]:
-    """The config's `depends_on` ids as subject keys: an id names the org's device, or else its
-    integration, of that id (the config refuses ids that name neither)."""
-    by_id: dict[tuple[str, str], SubjectKey] = {}
-    for key in known:
-        if key.type == "device" or (key.org, key.id) not in by_id:
-            by_id[key.org, key.id] = key
+    """The config's `depends_on` ids as subject keys (`parent_key`)."""
     return {
-        child: [by_id[child.org, parent] for parent in ids if (child.org, parent) in by_id]
+        child: [key for parent in ids if (key := parent_key(child.org, parent, known)) is not None]
         for child, ids in depends_on.items()
         if ids
     }

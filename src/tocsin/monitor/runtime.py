@@ -32,7 +32,7 @@ from tocsin.db import schema
 from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.monitor import states
 from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
-from tocsin.monitor.parents import HOLDING, Dependencies
+from tocsin.monitor.parents import HOLDING, Dependencies, parent_key
 from tocsin.probes.observation import Observation, SubjectKey
 from tocsin.tickets.errors import TicketError
 from tocsin.tickets.model import Actor, ActorType, Source, State
@@ -172,8 +172,7 @@ class HealthMonitor:
         current = tracked.state.held_by
         holder = self.dependencies.holder(key, current, self._health_of)
         if holder != current:
-            for parent in self._keys_of(key.org, current, holder):
-                self._lists.add(parent)
+            self._lists.update(self._keys_of(key.org, current, holder))
             self._handle(tracked, ParentChanged(holder), now)
 
     def _health_of(self, key: SubjectKey) -> SubjectHealth | None:
@@ -181,15 +180,9 @@ class HealthMonitor:
         return None if tracked is None else tracked.state.health
 
     def _keys_of(self, org: str, *ids: str | None) -> list[SubjectKey]:
-        """The tracked parents of these ids (a device first, as `depends_on` resolves them)."""
-        keys = []
-        for parent_id in ids:
-            if parent_id is not None:
-                for kind in ("device", "integration"):
-                    if (key := SubjectKey(org, kind, parent_id)) in self._subjects:
-                        keys.append(key)
-                        break
-        return keys
+        """The tracked parents these ids name."""
+        keys = (parent_key(org, i, self._subjects) for i in ids if i is not None)
+        return [key for key in keys if key is not None]
 
     async def remove(self, *keys: SubjectKey) -> None:
         """Stop tracking these subjects and drop their saved state (one write for all)."""
@@ -427,13 +420,13 @@ class HealthMonitor:
                 self._changed += not tracked.dirty
                 self._last_change = now.mono
                 tracked.dirty = True
-            parent = self.dependencies.has_children(tracked.key)
-            if parent and after.ticket_seq != before.ticket_seq:
+            is_parent = self.dependencies.has_children(tracked.key)
+            if is_parent and after.ticket_seq != before.ticket_seq:
                 self._lists.add(tracked.key)  # its ticket opened: list who it holds
             if after.health is not before.health:
                 if self.on_health is not None:
                     self.on_health(tracked.key, after.health)
-                if parent:
+                if is_parent:
                     for child in self.dependencies.children(tracked.key):
                         self._tell(child, now)
                 if after.held_by is not None:  # it went unreachable, or left it

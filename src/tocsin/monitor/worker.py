@@ -278,10 +278,9 @@ class WorkerPulls:
             else:
                 schedule = self._schedule_frames()
                 self._sending, self._outbox = True, []
-            sending = asyncio.ensure_future(asyncio.to_thread(process.sock.sendall, schedule))
             self.handed_over.set()
             try:
-                await sending
+                await asyncio.to_thread(process.sock.sendall, schedule)
             except OSError:
                 return await process.wait()  # it died before it read its schedule
             reader, writer = await asyncio.open_unix_connection(sock=process.sock)

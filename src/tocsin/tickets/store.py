@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.engine import Connection
 
 from tocsin import cursors
 from tocsin.db import schema
@@ -177,12 +176,14 @@ class TicketStore:
         """Edit the description to `revise(current)` in one transaction, so an edit a person
         makes meanwhile is never lost (nothing is recorded when it comes out the same)."""
 
-        def op(conn: Connection) -> Change:
-            description = revise(writes.locked_ticket(conn, org, seq).description)
+        def checked(current: str) -> str:
+            description = revise(current)
             check_text("description", description, allow_empty=True)
-            return writes.edit_description(conn, org, seq, actor, description, self._clock())
+            return description
 
-        return await self._writer.run(op)
+        return await self._writer.run(
+            lambda conn: writes.revise_description(conn, org, seq, actor, checked, self._clock())
+        )
 
     # -- reads -------------------------------------------------------------------------------
 

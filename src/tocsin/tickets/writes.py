@@ -7,6 +7,7 @@ parameters: building a statement per call cost more than executing it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
@@ -273,7 +274,20 @@ def comment(conn: Connection, org: str, seq: int, actor: Actor, body: str, now: 
 def edit_description(
     conn: Connection, org: str, seq: int, actor: Actor, description: str, now: datetime
 ) -> Change:
+    return revise_description(conn, org, seq, actor, lambda _: description, now)
+
+
+def revise_description(
+    conn: Connection,
+    org: str,
+    seq: int,
+    actor: Actor,
+    revise: Callable[[str], str],
+    now: datetime,
+) -> Change:
+    """Set the description to `revise(current)`; nothing is recorded when it is the same."""
     ticket = locked_ticket(conn, org, seq)
+    description = revise(ticket.description)
     if ticket.description == description:
         return Change(ticket, None)
     conn.execute(_SET_DESCRIPTION, {"ticket_id": ticket.id, "text": description})
