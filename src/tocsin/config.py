@@ -39,6 +39,7 @@ from tocsin.monitor.config import (
     IntegrationConfig,
     MonitorDefaults,
     MqttConfig,
+    SpaceConfig,
     cross_check,
 )
 from tocsin.secrets import SecretError, read_secret
@@ -369,6 +370,9 @@ class Config(_Model):
     """Devices to watch, each with one probe."""
     integrations: list[IntegrationConfig] = Field(default_factory=list)
     """Integrations whose credentials are checked."""
+    spaces: list[SpaceConfig] = Field(default_factory=list)
+    """Places devices are in (sites, floors, rooms), each a subject whose group ticket covers
+    its devices; a device's `space` that no entry declares is implied."""
 
     @field_validator("webhooks")
     @classmethod
@@ -491,6 +495,7 @@ def _parse(text: str, base_dir: Path | None, env: Mapping[str, str] | None) -> S
             config.monitor,
             base_dir,
             environ,
+            config.spaces,
         )
     ]
     if problems:

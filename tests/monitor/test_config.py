@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from tocsin.config import ConfigError, Problem, parse
+from tocsin.monitor.config import SpaceInfo, members_of, spaces_of
+from tocsin.probes.observation import SubjectKey
 
 ORGS = '[[orgs]]\nslug = "acme"\nname = "Acme"\n[[orgs]]\nslug = "beta"\nname = "Beta"\n'
 BROKER = '[[mqtt.brokers]]\nname = "site"\nhost = "127.0.0.1"\n'
@@ -138,3 +141,169 @@ def test_parsing_leaves_garbage_collection_as_it_found_it(text: str) -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- [[spaces]] ------------------------------------------------------------------------------
+
+
+def space(space_id: str, org: str = "acme", **keys: str) -> str:
+    keys.setdefault("name", f'"{space_id.upper()}"')
+    lines = ["[[spaces]]", f'org = "{org}"', f'id = "{space_id}"']
+    return "\n".join([*lines, *(f"{key} = {value}" for key, value in keys.items())]) + "\n"
+
+
+def test_spaces_parse_and_the_grouping_keys_have_defaults() -> None:
+    text = ORGS + space("b2", labels='{ building = "B" }') + space("b2-f3", parent='"b2"')
+    text += device("cam", PUSH, space='"b2-f3"') + device("door", PUSH, space='"lobby 1"')
+    config = parse(text, env={}).config
+    b2, floor = config.spaces
+    assert (b2.org, b2.id, b2.name, b2.parent) == ("acme", "b2", "B2", None)
+    assert b2.labels == {"building": "B"}
+    assert (floor.parent, floor.labels) == ("b2", {})
+    assert floor.key == SubjectKey("acme", "space", "b2-f3")
+    assert [d.space for d in config.devices] == ["b2-f3", "lobby 1"]
+    monitor = config.monitor
+    assert (monitor.group_threshold, monitor.group_threshold_percent) == (3, None)
+    assert monitor.group_window is None
+
+    text = '[monitor]\ngroup_threshold = 10\ngroup_threshold_percent = 50\ngroup_window = "30s"\n'
+    monitor = parse(text, env={}).config.monitor
+    assert (monitor.group_threshold, monitor.group_threshold_percent) == (10, 50.0)
+    assert monitor.group_window == timedelta(seconds=30)
+
+
+def test_space_problems_are_named_by_key_path() -> None:
+    text = ORGS
+    text += device("hall", PUSH, space='"hall"')  # an implied space with its device's id
+    text += device("cam", PUSH, space='"hall"')  # the same implied space: reported once
+    text += device("pump", PUSH, space='"crm"', org="beta")
+    text += integration("crm", '{ bearer_env = "TOKEN" }', org="beta")
+    text += space("roof", org="gamma")
+    text += space("cam")  # a device's id
+    text += space("crm", org="beta")  # an integration's id
+    text += space("f1", parent='"nowhere"')
+    text += space("f1")
+    text += space("f2", parent='"cam"', org="beta")  # cam is a space of acme, not of beta
+    assert [(p.path, p.message) for p in problems_of(text, env={"TOKEN": "t"})] == [
+        ("spaces[0].org", "no org 'gamma' in [[orgs]]"),
+        (
+            "spaces[1].id",
+            "'cam' is also a device id in the org: a depends_on id must name one subject",
+        ),
+        (
+            "spaces[2].id",
+            "'crm' is also an integration id in the org: a depends_on id must name one subject",
+        ),
+        ("spaces[4].id", "'f1' is also spaces[3]"),
+        (
+            "devices[0].space",
+            "'hall' is also a device id in the org: a depends_on id must name one subject",
+        ),
+        ("spaces[3].parent", "no space 'nowhere' in the org"),
+        ("spaces[5].parent", "no space 'cam' in the org"),
+    ]
+
+
+def test_a_space_parent_cycle_is_refused_at_the_key_that_closes_it() -> None:
+    text = ORGS
+    text += space("site", parent='"room"') + space("floor", parent='"site"')
+    text += space("room", parent='"floor"') + space("loop", parent='"loop"')
+    text += space("wing", parent='"floor"')  # inside the cycle: no more
+    text += space("site", org="beta", parent='"room"') + space("room", org="beta")  # no cycle
+    text += device("cam", PUSH, space='"hall"') + space("annex", parent='"hall"')  # implied
+    assert [(p.path, p.message) for p in problems_of(text, env={})] == [
+        ("spaces[1].parent", "a cycle: site -> room -> floor -> site"),
+        ("spaces[3].parent", "a cycle: loop -> loop"),
+    ]
+
+
+def test_depends_on_may_name_a_space_of_the_org() -> None:
+    text = ORGS + space("plant") + device("pump", PUSH, space='"cellar"')
+    text += device("chiller", PUSH, depends_on='["plant", "cellar", "pump"]')
+    text += integration("bms", '{ bearer_env = "TOKEN" }', depends_on='["plant"]')
+    assert parse(text, env={"TOKEN": "t"}).config.devices[1].depends_on == [
+        "plant",
+        "cellar",
+        "pump",
+    ]
+
+    text += device("boiler", PUSH, org="beta", depends_on='["plant", "attic"]')
+    assert [(p.path, p.message) for p in problems_of(text, env={"TOKEN": "t"})] == [
+        ("devices[2].depends_on[0]", "no subject 'plant' in the org"),
+        ("devices[2].depends_on[1]", "no subject 'attic' in the org"),
+    ]
+
+
+def test_spaces_of_and_members_of_include_the_spaces_only_devices_name() -> None:
+    text = ORGS + space("b2", labels='{ building = "B" }') + space("b2-f3", parent='"b2"')
+    text += device("cam", PUSH, space='"lobby"') + device("door", PUSH, space='"b2-f3"')
+    text += device("fan", PUSH) + device("lift", PUSH, space='"lobby"')
+    text += device("pump", PUSH, org="beta", space='"lobby"')
+    config = parse(text, env={}).config
+
+    def acme(space_id: str) -> SubjectKey:
+        return SubjectKey("acme", "space", space_id)
+
+    def beta(space_id: str) -> SubjectKey:
+        return SubjectKey("beta", "space", space_id)
+
+    assert spaces_of(config.spaces, config.devices) == {
+        acme("b2"): SpaceInfo(acme("b2"), "B2", None, {"building": "B"}),
+        acme("b2-f3"): SpaceInfo(acme("b2-f3"), "B2-F3", acme("b2"), {}),
+        acme("lobby"): SpaceInfo(acme("lobby"), "lobby", None, {}),
+        beta("lobby"): SpaceInfo(beta("lobby"), "lobby", None, {}),
+    }
+    assert list(spaces_of(config.spaces, config.devices)) == [
+        acme("b2"),
+        acme("b2-f3"),
+        acme("lobby"),
+        beta("lobby"),
+    ]
+    assert members_of(config.devices) == {
+        acme("lobby"): [SubjectKey("acme", "device", "cam"), SubjectKey("acme", "device", "lift")],
+        acme("b2-f3"): [SubjectKey("acme", "device", "door")],
+        beta("lobby"): [SubjectKey("beta", "device", "pump")],
+    }
+    assert spaces_of([], []) == {}
+    assert members_of([]) == {}
+
+
+NOT_AN_ID = "String should match pattern '^[^\\s/][^/]{0,127}$'"
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message"),
+    [
+        (ORGS + device("cam", PUSH, space='"b2/f3"'), "devices[0].space", NOT_AN_ID),
+        (ORGS + device("cam", PUSH, space='" lobby"'), "devices[0].space", NOT_AN_ID),
+        (ORGS + device("cam", PUSH, space='""'), "devices[0].space", NOT_AN_ID),
+        (ORGS + space("b2/f3"), "spaces[0].id", NOT_AN_ID),
+        (
+            ORGS + space("b2", name='""'),
+            "spaces[0].name",
+            "String should have at least 1 character",
+        ),
+        (
+            "[monitor]\ngroup_threshold = 1\n",
+            "monitor.group_threshold",
+            "Input should be greater than or equal to 2",
+        ),
+        (
+            "[monitor]\ngroup_threshold_percent = 0\n",
+            "monitor.group_threshold_percent",
+            "Input should be greater than 0",
+        ),
+        (
+            "[monitor]\ngroup_threshold_percent = 101\n",
+            "monitor.group_threshold_percent",
+            "Input should be less than or equal to 100",
+        ),
+        (
+            '[monitor]\ngroup_window = "soon"\n',
+            "monitor.group_window",
+            "'soon' is not a duration: write a number and a unit (ms, s, m, h, d), e.g. '90s'",
+        ),
+    ],
+)
+def test_a_bad_space_or_grouping_key_names_its_key_path(text: str, path: str, message: str) -> None:
+    assert [(p.path, p.message) for p in problems_of(text, env={})] == [(path, message)]

@@ -1,13 +1,14 @@
-"""The monitored subjects in the config: [[devices]], [[integrations]], [[mqtt.brokers]], and
-each subject's overrides of the [monitor] windows."""
+"""The monitored subjects in the config: [[devices]], [[integrations]], [[spaces]],
+[[mqtt.brokers]], and each subject's overrides of the [monitor] windows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
-from types import UnionType
+from types import MappingProxyType, UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -94,6 +95,15 @@ class MonitorDefaults(_Model):
     SQLite database."""
     push_secret_env: str | None = None
     """The site secret from an environment variable instead."""
+    group_threshold: Annotated[int, Field(ge=2, le=100_000)] = 3
+    """This many devices of one space about to open device_offline tickets within group_window
+    open one Multiple devices offline ticket for the space instead."""
+    group_threshold_percent: Annotated[float, Field(gt=0, le=100)] | None = None
+    """Also group when this percentage of a space's devices (at least 2) are about to open
+    tickets; the smaller of the two thresholds applies."""
+    group_window: Duration | None = None
+    """How close together the devices' tickets must be due to count as one incident; unset:
+    monitor.debounce."""
 
 
 class DeviceConfig(WindowOverrides):
@@ -105,8 +115,9 @@ class DeviceConfig(WindowOverrides):
     """Unique among the org's devices; no '/', 1-128 characters."""
     name: Annotated[str, Field(min_length=1, max_length=200)]
     """What people read in tickets and webhooks."""
-    space: Annotated[str, Field(min_length=1, max_length=128)] | None = None
-    """Where it is, e.g. a room."""
+    space: Annotated[str, Field(pattern=SUBJECT_ID)] | None = None
+    """The id of the space it is in (a [[spaces]] entry, or else a space of that id and name is
+    implied); its group ticket (Multiple devices offline) covers it."""
     labels: dict[str, str] = Field(default_factory=dict)
     """Free-form labels, e.g. { rack = "A3" }."""
     depends_on: list[str] = Field(default_factory=list)
@@ -142,6 +153,72 @@ class IntegrationConfig(WindowOverrides):
     @property
     def key(self) -> SubjectKey:
         return SubjectKey(self.org, "integration", self.id)
+
+
+class SpaceConfig(_Model):
+    """[[spaces]]: a place devices are in (a site, a floor, a room); devices name it by its id
+    in their `space`. A space is a subject: its group ticket covers its devices."""
+
+    org: Annotated[str, Field(pattern=ORG_SLUG)]
+    """The slug of the org it belongs to."""
+    id: Annotated[str, Field(pattern=SUBJECT_ID)]
+    """Unique among the org's spaces, and no device or integration of the org has it; no '/',
+    1-128 characters."""
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    """What people read in tickets and webhooks."""
+    parent: str | None = None
+    """The id of another space of the org that this one is inside, e.g. a room's floor (no
+    cycles). It acts as its dependency: while the parent space's group is down, this space
+    opens no group ticket of its own."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Free-form labels, e.g. { building = "B" }."""
+
+    @property
+    def key(self) -> SubjectKey:
+        return SubjectKey(self.org, "space", self.id)
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """A space of the config, declared in [[spaces]] or implied by a device's `space`."""
+
+    key: SubjectKey
+    name: str
+    parent: SubjectKey | None
+    labels: Mapping[str, str]
+
+
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def spaces_of(
+    spaces: Sequence[SpaceConfig], devices: Sequence[DeviceConfig]
+) -> dict[SubjectKey, SpaceInfo]:
+    """Every space of the config: the declared ones, then those only a device names (name = id,
+    no parent), in config order."""
+    found: dict[SubjectKey, SpaceInfo] = {}
+    for space in spaces:
+        key = space.key
+        if key not in found:
+            parent = None if space.parent is None else SubjectKey(space.org, "space", space.parent)
+            found[key] = SpaceInfo(key, space.name, parent, space.labels)
+    for device in devices:
+        if device.space is not None:
+            key = SubjectKey(device.org, "space", device.space)
+            if key not in found:
+                found[key] = SpaceInfo(key, device.space, None, _NO_LABELS)
+    return found
+
+
+def members_of(devices: Iterable[DeviceConfig]) -> dict[SubjectKey, list[SubjectKey]]:
+    """Each space's devices (space key -> their keys), in config order; a space no device
+    names is not in it."""
+    members: dict[SubjectKey, list[SubjectKey]] = {}
+    for device in devices:
+        if device.space is not None:
+            space = SubjectKey(device.org, "space", device.space)
+            members.setdefault(space, []).append(SubjectKey(device.org, "device", device.id))
+    return members
 
 
 class MqttConfig(_Model):
@@ -188,8 +265,10 @@ def cross_check(
     monitor: MonitorDefaults,
     base_dir: Path | None,
     environ: Mapping[str, str],
+    spaces: Sequence[SpaceConfig] = (),
 ) -> list[tuple[str, str]]:
-    """Problems that span keys: unknown orgs and brokers, duplicate ids, dangling depends_on,
+    """Problems that span keys: unknown orgs and brokers, duplicate ids, a space id that is
+    also a device's or integration's, dangling depends_on and space parents, cycles,
     unreadable files (secrets, CA files). Each as (key path, message); values never shown.
 
     Linear in the subjects, of which there may be 100,000: a key path is spelled only for a
@@ -220,17 +299,43 @@ def cross_check(
                 message = f"no broker {probe.broker!r} in [[mqtt.brokers]]"
                 problems.append((f"{where}[{i}].probe.broker", message))
     ids = {(org, subject_id) for org, _, subject_id in seen}
+    # Spaces: (org, id) -> the key path that names it first, [[spaces]] before devices' `space`.
+    space_ids: dict[tuple[str, str], str] = {}
+    for i, space in enumerate(spaces):
+        if space.org not in orgs:
+            problems.append((f"spaces[{i}].org", f"no org {space.org!r} in [[orgs]]"))
+        path = f"spaces[{i}].id"
+        first_path = space_ids.setdefault((space.org, space.id), path)
+        if first_path is not path:
+            problems.append((path, f"{space.id!r} is also {first_path.removesuffix('.id')}"))
+        else:
+            problems += _space_clashes(seen, space.org, space.id, path)
+    for i, device in enumerate(devices):
+        if device.space is not None and (device.org, device.space) not in space_ids:
+            path = f"devices[{i}].space"
+            space_ids[device.org, device.space] = path
+            problems += _space_clashes(seen, device.org, device.space, path)
     # (org, id) -> [(its parent's id, the key path naming it)]: ids resolve within the org.
     graph: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for where, _, items in subjects:
         for i, subject in enumerate(items):
             for j, parent in enumerate(subject.depends_on):
                 path = f"{where}[{i}].depends_on[{j}]"
-                if (subject.org, parent) not in ids:
-                    problems.append((path, f"no subject {parent!r} in the org"))
-                else:
+                if (subject.org, parent) in ids:
                     graph.setdefault((subject.org, subject.id), []).append((parent, path))
+                elif (subject.org, parent) not in space_ids:  # a space: no depends_on of its own
+                    problems.append((path, f"no subject {parent!r} in the org"))
     problems += _cycles(graph)
+    # The spaces' parent chains: a graph of their own, spaces' ids not mixed with subjects'.
+    space_graph: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for i, space in enumerate(spaces):
+        if space.parent is not None:
+            path = f"spaces[{i}].parent"
+            if (space.org, space.parent) not in space_ids:
+                problems.append((path, f"no space {space.parent!r} in the org"))
+            else:
+                space_graph.setdefault((space.org, space.id), []).append((space.parent, path))
+    problems += _cycles(space_graph)
     # (the spec's key path, as a template for its index; its index; the spec)
     specs: list[tuple[str, int, BaseModel]] = [
         ("mqtt.brokers[{}]", i, broker) for i, broker in enumerate(mqtt.brokers)
@@ -257,8 +362,25 @@ def cross_check(
     return problems
 
 
+def _space_clashes(
+    seen: Mapping[tuple[str, str, str], object], org: str, space_id: str, path: str
+) -> list[tuple[str, str]]:
+    """A space id that is also a device or integration id of the org, at `path`."""
+    return [
+        (
+            path,
+            f"{space_id!r} is also {article} {kind} id in the org: a depends_on id must name "
+            "one subject",
+        )
+        for kind, article in (("device", "a"), ("integration", "an"))
+        if (org, kind, space_id) in seen
+    ]
+
+
 def _cycles(graph: dict[tuple[str, str], list[tuple[str, str]]]) -> list[tuple[str, str]]:
-    """A problem for each depends_on that closes a cycle (a subject cannot wait for itself)."""
+    """A problem for each edge that closes a cycle (a depends_on: a subject cannot wait for
+    itself; a space's parent: a space cannot be inside itself). `graph` is (org, id) -> [(the
+    parent's id in that org, the key path naming it)], one namespace of ids."""
     problems: list[tuple[str, str]] = []
     done: set[tuple[str, str]] = set()
     for start in graph:
