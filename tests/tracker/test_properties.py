@@ -15,12 +15,14 @@ from tests.tracker.helpers import BASE_MONO, BASE_WALL, DEVICE
 from tocsin.probes.observation import Health, Observation
 from tocsin.tracker import (
     Comment,
+    Covered,
     Event,
     Note,
     Now,
     Observed,
     OpenTicket,
     ParentChanged,
+    Reason,
     ReopenTicket,
     ResolveTicket,
     SubjectHealth,
@@ -58,6 +60,8 @@ observation = st.one_of(
         error_class=st.sampled_from([None, "timeout", "http_5xx"]),
     ),
 )
+GROUP_SEQ = 10_000  # the group ticket that covers the subject's own (never one of its own seqs)
+
 action = st.one_of(
     observation,
     st.tuples(st.just("run"), observation, st.integers(1, 12), st.sampled_from([10, 30, 60])),
@@ -67,6 +71,8 @@ action = st.one_of(
     st.sampled_from(["tick", "resolve", "reopen", "start"]),
     st.tuples(st.just("restart"), st.sampled_from([1, 600, 90_000])),
     st.tuples(st.just("parent"), st.sampled_from([None, "sw-1", "sw-2"])),
+    st.tuples(st.just("group"), st.sampled_from([None, "floor-2"])),  # released: goes on
+    st.just("covered"),
 )
 
 
@@ -133,6 +139,12 @@ class World:
                 assert self.unhealthy_since is not None
                 assert self.t - self.unhealthy_since >= w.debounce.total_seconds()
                 self.store_open = True
+            case ResolveTicket(seq=seq, reason=Reason.COVERED):
+                assert held is not None, "only a group holding the subject covers its ticket"
+                assert self.store_open
+                assert seq == self.seq
+                assert seq != GROUP_SEQ, "never covered by itself"
+                self.store_open, self.resolved_t = False, self.t
             case ResolveTicket(seq=seq):
                 assert not flapping, "no resolve while flapping"
                 assert self.store_open, "resolve only an open ticket"
@@ -176,6 +188,11 @@ class World:
             case ("parent", parent):
                 self.held = parent
                 self.send(ParentChanged(parent))
+            case ("group", group):
+                self.held = group
+                self.send(ParentChanged(group, restart=False))
+            case "covered":
+                self.send(Covered(GROUP_SEQ))
             case "resolve" if self.store_open and self.seq is not None:
                 self.store_open, self.resolved_t = False, self.t
                 self.send(TicketResolvedByPerson(self.seq))

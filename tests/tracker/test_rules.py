@@ -524,7 +524,7 @@ def test_a_recovery_waits_for_the_seq_of_a_ticket_still_being_opened() -> None:
         pytest.param(None, "integration", "integration_unreachable", id="no-hint-integration"),
         pytest.param(None, "device", "device_offline", id="no-hint-device"),
         pytest.param("user_report", "device", "device_offline", id="not-a-monitor-kind"),
-        pytest.param("door_ajar", "space", "device_offline", id="free-form-hint"),
+        pytest.param("door_ajar", "space", "multiple_devices_offline", id="free-form-hint"),
     ],
 )
 def test_the_kind_it_opens_with(hint: str | None, subject_type: str, kind: str) -> None:

@@ -7,6 +7,7 @@ product's tracker table (TRACKER.md). No asyncio, no I/O, no clock reads: the wi
 
 from tocsin.tracker.events import (
     Comment,
+    Covered,
     Decision,
     Event,
     Note,
@@ -40,6 +41,7 @@ from tocsin.tracker.state import (
 
 __all__ = [
     "Comment",
+    "Covered",
     "Decision",
     "Event",
     "MonitorTicket",

@@ -59,9 +59,23 @@ class TicketReopenedByPerson:
 class ParentChanged:
     """Whether a parent the subject depends on is down: `parent` names the one that holds its
     ticket back (failing, down or unreachable itself), None once none is. The wiring says it
-    when that changes; an unknown parent changes nothing."""
+    when that changes; an unknown parent changes nothing.
+
+    `restart`: released, whether a subject still unhealthy starts its debounce again (a
+    parent's outage: its children coming back after it open nothing on the way) or goes on
+    from where it was (a group that did not form: a subject past its debounce opens now)."""
 
     parent: str | None
+    restart: bool = True
+
+
+@dataclass(frozen=True)
+class Covered:
+    """Group ticket `seq` (a space's Multiple devices offline) now covers this subject's outage:
+    its own open ticket, opened moments before the group formed, is resolved with a comment
+    saying so. The wiring says it once the subject is held by that group."""
+
+    seq: int
 
 
 Event = (
@@ -72,6 +86,7 @@ Event = (
     | TicketResolvedByPerson
     | TicketReopenedByPerson
     | ParentChanged
+    | Covered
 )
 
 # -- decisions -----------------------------------------------------------------------------------
@@ -89,6 +104,8 @@ class Reason(StrEnum):
     DETAIL_CHANGED = "detail_changed"
     FAILED_AGAIN = "failed_again"  # down again on a ticket that was left open after recovery
     FLAPPING = "flapping"
+    COVERED = "covered"  # its own ticket resolved: a group ticket covers the outage
+    GROUP_GREW = "group_grew"  # on a group ticket: twice as many members as it last said
 
     FAILING = "failing"  # went unhealthy: the debounce window started
     DEBOUNCE_CANCELLED = "debounce_cancelled"

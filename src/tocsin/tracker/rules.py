@@ -16,6 +16,7 @@ from tocsin.tickets.model import Kind
 from tocsin.tracker import text
 from tocsin.tracker.events import (
     Comment,
+    Covered,
     Decision,
     Event,
     Note,
@@ -58,9 +59,10 @@ MONITOR_KINDS = frozenset(
         Kind.INTEGRATION_CREDENTIALS_INVALID,
         Kind.INTEGRATION_CREDENTIALS_EXPIRING,
         Kind.INTEGRATION_UNREACHABLE,
+        Kind.MULTIPLE_DEVICES_OFFLINE,
     }
 )
-DEFAULT_KIND = {"integration": Kind.INTEGRATION_UNREACHABLE}
+DEFAULT_KIND = {"integration": Kind.INTEGRATION_UNREACHABLE, "space": Kind.MULTIPLE_DEVICES_OFFLINE}
 
 
 def step(
@@ -84,8 +86,10 @@ def step(
         case TicketReopenedByPerson(seq=seq):
             if _is_current(state, seq, out, want_open=False):
                 state = _reopened_by_person(state)
-        case ParentChanged(parent=parent):
-            state = _parent_changed(state, parent, now, out)
+        case ParentChanged(parent=parent, restart=restart):
+            state = _parent_changed(state, parent, now, out, restart=restart)
+        case Covered(seq=seq):
+            state = _covered(state, seq, now, out)
     return _advance(state, now, windows, out), out
 
 
@@ -259,6 +263,13 @@ def _advance(s: SubjectState, now: Now, w: Windows, out: list[Decision]) -> Subj
     return s
 
 
+def debounce_over(s: SubjectState, now: float, w: Windows) -> bool:
+    """Is a failing subject past its debounce, confirmed (what the next Tick acts on)?"""
+    if s.health is not FAILING or s.since is None:
+        return False
+    return now - s.since.mono >= w.debounce.total_seconds() and _confirmed(s, w)
+
+
 def _confirmed(s: SubjectState, w: Windows) -> bool:
     """Failing checks span the debounce, two at least (when the subject's probe looks)."""
     if not w.confirm_by_checks:
@@ -367,14 +378,15 @@ def _resolved_by_person(s: SubjectState, when: Now) -> SubjectState:
 
 
 def _parent_changed(
-    s: SubjectState, parent: str | None, now: Now, out: list[Decision]
+    s: SubjectState, parent: str | None, now: Now, out: list[Decision], *, restart: bool = True
 ) -> SubjectState:
     """A parent went down (`parent`), or none is down any more (None).
 
     While held, a subject past its debounce is `unreachable` and opens nothing; what it has
     open stays open and still resolves. Released, a subject still unhealthy is failing from
     now: its debounce (and its confirming checks) start again, so devices coming back after
-    their switch do not open tickets on the way.
+    their switch do not open tickets on the way. Released with `restart` off (a group that did
+    not form), it is failing as it was: past its debounce, it opens its ticket now.
     """
     if parent == s.held_by:
         return s
@@ -385,11 +397,39 @@ def _parent_changed(
         return evolve(s, held_by=parent)
     s = evolve(s, held_by=None)
     if s.health in (FAILING, UNREACHABLE) and not s.ticket_open:
+        if not restart:
+            if s.health is UNREACHABLE:  # back to failing since its outage began
+                return evolve(s, health=FAILING, since=s.first_failure or now)
+            return s
         out.append(Note(Reason.PARENT_UP, "no parent is down: the debounce starts again"))
         return evolve(
             s, health=FAILING, since=now, first_failure=now, failures=0, last_failure=None
         )
     return s
+
+
+def _covered(s: SubjectState, seq: int, now: Now, out: list[Decision]) -> SubjectState:
+    """Group ticket `seq` covers this outage: resolve the subject's own open ticket, saying so.
+
+    Only an outage's ticket the monitor still owns (down or failing again, nobody working on it
+    or having reopened it) is handed over; the subject is unreachable from now, held by the
+    group, and a later release starts its debounce as a person's resolution would.
+    """
+    ticket = s.ticket
+    if (
+        ticket is None
+        or not ticket.open
+        or ticket.seq is None
+        or ticket.seq == seq
+        or ticket.in_progress
+        or ticket.owned_by_person
+        or s.held_by is None
+        or s.health not in (DOWN, FAILING)
+    ):
+        return s
+    out.append(ResolveTicket(ticket.seq, text.covered_comment(seq), Reason.COVERED))
+    closed = evolve(ticket, open=False, resolved_at=now, recovery_noted=False, flap_noted=False)
+    return evolve(s, health=UNREACHABLE, since=now, ticket=closed)
 
 
 def _reopened_by_person(s: SubjectState) -> SubjectState:

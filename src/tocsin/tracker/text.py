@@ -30,7 +30,10 @@ def open_description(
 ) -> str:
     """What failed, since when, and the last probe results."""
     what = f"{subject.type} {_code(subject.id)}"
-    lines = [f"**{kind_display(kind)}**: {what} is failing its health probe."]
+    if subject.type == "space":  # a group: its members' outages, not a probe of its own
+        lines = [f"**{kind_display(kind)}**: devices of {what} went offline together."]
+    else:
+        lines = [f"**{kind_display(kind)}**: {what} is failing its health probe."]
     lines += ["", *_failure_facts(last_failure(recent))]
     lines.append(f"- **Since:** {format_time(since.wall)}")
     if flapping:
@@ -221,6 +224,40 @@ def with_unreachable(description: str, children: Sequence[str]) -> str:
     if more > 0:
         listed += f" and {more} more"
     section = f"{UNREACHABLE_HEADING} ({len(children)}): {listed}"
+    return f"{base}\n\n{section}" if base else section
+
+
+def covered_comment(seq: int) -> str:
+    return (
+        f"**Covered by #{seq}:** other devices of its space went offline with it; the "
+        f"outage is tracked on #{seq} (Multiple devices offline), which lists this device."
+    )
+
+
+def group_grew_comment(members: int, before: int) -> str:
+    return f"**{members} devices offline now** (this ticket said {before}); see the list above."
+
+
+MEMBERS_HEADING = "**Devices in this incident**"
+BACK_ONLINE = "back online"
+
+
+def with_members(description: str, members: Sequence[tuple[str, str]]) -> str:
+    """The description with its closing section listing the group's members and the state of
+    each, as (id, state: BACK_ONLINE or what else it is) (replaced, not appended again)."""
+    base, _, _ = description.partition(f"\n\n{MEMBERS_HEADING}")
+    if description.startswith(MEMBERS_HEADING):
+        base = ""
+    if not members:
+        return base
+    down = sum(1 for _, state in members if state != BACK_ONLINE)
+    head = f"{MEMBERS_HEADING} ({len(members)}, {down} still offline):"
+    lines = [head, ""]
+    lines += [f"- {_code(member)}: {state}" for member, state in members[:UNREACHABLE_LISTED]]
+    more = len(members) - UNREACHABLE_LISTED
+    if more > 0:
+        lines.append(f"- and {more} more")
+    section = "\n".join(lines)
     return f"{base}\n\n{section}" if base else section
 
 
