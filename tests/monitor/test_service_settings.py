@@ -153,3 +153,34 @@ async def test_each_subject_gets_its_own_windows_or_the_defaults(db_url: str) ->
     assert subjects["http-0"].confirm_by_checks  # a pull subject: confirmed by checks
     assert subjects["mqtt-0"].debounce == timedelta(minutes=2)
     assert not subjects["mqtt-0"].confirm_by_checks  # time-based
+
+
+def with_spaces(text: str, *, declared: bool) -> str:
+    """`site`'s devices in two spaces: floor-1 declared (when `declared`), floor-2 implied."""
+    text = text.replace('id = "mqtt-0"', 'id = "mqtt-0"\nspace = "floor-1"')
+    text = text.replace('id = "mqtt-1"', 'id = "mqtt-1"\nspace = "floor-2"')
+    if declared:
+        text += '\n[[spaces]]\norg = "acme"\nid = "floor-1"\nname = "First floor"\n'
+    return text
+
+
+async def test_a_reload_adds_and_removes_spaces(db_url: str, store: TicketStore) -> None:
+    plain = parse(site(db_url, http=1, mqtt=2, where="inline"))
+    monitor = service.MonitorService(plain, store)
+    tracked = monitor.monitor.subjects()
+    assert not [key for key in tracked if key.type == "space"]
+
+    changes = await monitor.apply(
+        parse(with_spaces(site(db_url, http=1, mqtt=2, where="inline"), declared=True))
+    )
+    assert changes["added"] == ["acme/space/floor-1", "acme/space/floor-2"]
+    tracked = monitor.monitor.subjects()
+    names = {key.id: t.name for key, t in tracked.items() if key.type == "space"}
+    assert names == {"floor-1": "First floor", "floor-2": "floor-2"}
+    device = next(key for key in tracked if key.id == "mqtt-0")
+    assert [p.id for p in monitor.monitor.dependencies.parents(device)] == ["floor-1"]
+
+    changes = await monitor.apply(parse(site(db_url, http=1, mqtt=2, where="inline")))
+    assert changes["removed"] == ["acme/space/floor-1", "acme/space/floor-2"]
+    assert not [key for key in monitor.monitor.subjects() if key.type == "space"]
+    assert monitor.monitor.dependencies.parents(device) == ()

@@ -28,14 +28,17 @@ class SubjectHealthOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
     subject: SubjectRefOut
     health: Literal["unknown", "up", "failing", "down", "recovering", "unreachable"]
+    """unreachable: past its debounce with no ticket of its own, held by a parent that is down
+    or by its space's group ticket (no_ticket_because says which)."""
     flapping: bool
     since: str | None
     last_result: dict[str, Any] | None
     ticket_seq: int | None
     ticket_url: str | None
     no_ticket_because: str | None
-    """Why an unhealthy subject has no ticket of its own: "parent <id>" (a parent it depends
-    on is down); null otherwise."""
+    """Why an unhealthy subject has no ticket of its own: "group #N" (its space's Multiple
+    devices offline ticket covers it; "group <space> forming" until that opens), "parent <id>"
+    (a parent it depends on is down); null otherwise."""
     updated_at: str
 
 
@@ -46,7 +49,15 @@ class SubjectListOut(BaseModel):
     subjects: list[SubjectHealthOut]
 
 
-def subject_json(row: states.StateRow, base_url: str) -> dict[str, Any]:
+def group_tickets(rows: list[states.StateRow]) -> dict[str, int | None]:
+    """Each space of these rows (one org's) with its open group ticket, or None."""
+    return {row.key.id: row.ticket_seq for row in rows if row.key.type == "space"}
+
+
+def subject_json(
+    row: states.StateRow, base_url: str, groups: dict[str, int | None] | None = None
+) -> dict[str, Any]:
+    """The subject as the API shows it; `groups`: `group_tickets` of its org's rows."""
     return {
         "subject": {"type": row.key.type, "id": row.key.id, "name": row.name},
         "health": row.health,
@@ -55,17 +66,21 @@ def subject_json(row: states.StateRow, base_url: str) -> dict[str, Any]:
         "last_result": row.last_result,
         "ticket_seq": row.ticket_seq,
         "ticket_url": ticket_url(base_url, row.key.org, row.ticket_seq) if row.ticket_seq else None,
-        "no_ticket_because": no_ticket_because(row),
+        "no_ticket_because": no_ticket_because(row, groups or {}),
         "updated_at": rfc3339(row.updated_at),
     }
 
 
-def no_ticket_because(row: states.StateRow) -> str | None:
-    """Why an unhealthy subject has no ticket of its own, in a few words."""
+def no_ticket_because(row: states.StateRow, groups: dict[str, int | None]) -> str | None:
+    """Why an unhealthy subject has no ticket of its own, in a few words; `groups`: the org's
+    spaces with their open group tickets (`group_tickets`)."""
     held_by = row.state.get("held_by")
-    if held_by and row.ticket_seq is None and row.health in ("failing", "unreachable"):
-        return f"parent {held_by}"
-    return None
+    if not held_by or row.ticket_seq is not None or row.health not in ("failing", "unreachable"):
+        return None
+    if held_by in groups:  # a space: its group holds the device (a depends_on id names one)
+        seq = groups[held_by]
+        return f"group #{seq}" if seq is not None else f"group {held_by} forming"
+    return f"parent {held_by}"
 
 
 async def list_subjects(request: web.Request) -> web.Response:
@@ -77,4 +92,6 @@ async def list_subjects(request: web.Request) -> web.Response:
         rows = context.subjects(org)
     else:
         rows = await states.load(context.store.database.read, org)
-    return web.json_response({"subjects": [subject_json(r, context.base_url) for r in rows]})
+    groups = group_tickets(rows)
+    subjects = [subject_json(r, context.base_url, groups) for r in rows]
+    return web.json_response({"subjects": subjects})

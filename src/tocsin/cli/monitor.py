@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from tocsin.api.subjects import no_ticket_because, subject_json
+from tocsin.api.subjects import group_tickets, no_ticket_because, subject_json
 from tocsin.cli.base import (
     config_option,
     fail,
@@ -45,8 +45,9 @@ def subjects_command(config_path: Path, org: str | None, as_json: bool) -> None:
 
     rows = with_database(settings, read)
     base = settings.config.server.base_url
+    groups = group_tickets(rows)
     if as_json:
-        click.echo(json.dumps([subject_json(r, base) for r in rows], indent=2))
+        click.echo(json.dumps([subject_json(r, base, groups) for r in rows], indent=2))
         return
     table = Table("subject", "health", "since", "last result", "ticket")
     for row in rows:
@@ -54,7 +55,7 @@ def subjects_command(config_path: Path, org: str | None, as_json: bool) -> None:
         if row.health == "failing":
             health += " (in debounce)"
         detail = str((row.last_result or {}).get("detail", ""))
-        why = no_ticket_because(row)
+        why = no_ticket_because(row, groups)
         table.add_row(
             f"{row.key.type}:{row.key.id} {row.name}",
             health,

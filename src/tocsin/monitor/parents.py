@@ -50,6 +50,9 @@ class Dependencies:
                 children.setdefault(parent, []).append(child)
         self._children = {parent: tuple(kids) for parent, kids in children.items()}
 
+    def parents(self, child: SubjectKey) -> tuple[SubjectKey, ...]:
+        return self._parents.get(child, ())
+
     def children(self, parent: SubjectKey) -> tuple[SubjectKey, ...]:
         return self._children.get(parent, ())
 
@@ -72,8 +75,9 @@ class Dependencies:
 
 def parent_key(org: str, parent: str, known: Container[SubjectKey]) -> SubjectKey | None:
     """The subject a `depends_on` id names: the org's device of that id, or else its
-    integration (the config refuses ids that name neither)."""
-    for kind in ("device", "integration"):
+    integration, or else its space (the config refuses ids that name none, and space ids
+    that are also a device's or an integration's)."""
+    for kind in ("device", "integration", "space"):
         if (key := SubjectKey(org, kind, parent)) in known:
             return key
     return None

@@ -17,8 +17,8 @@ import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from math import inf
 from typing import Any
@@ -30,15 +30,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tocsin.db import schema
 from tocsin.db.writer import StoreClosed, StoreUnavailable
-from tocsin.monitor import states
+from tocsin.monitor import groups, states
 from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
 from tocsin.monitor.parents import HOLDING, Dependencies, parent_key
-from tocsin.probes.observation import Observation, SubjectKey
+from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.errors import TicketError
-from tocsin.tickets.model import Actor, ActorType, Source, State
+from tocsin.tickets.model import Actor, ActorType, Kind, Source, State
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import (
     Comment,
+    Covered,
     Event,
     Note,
     Now,
@@ -81,6 +82,7 @@ EXPIRE_PASSES = 3  # window expiry passes in a row, at most, while passes take l
 EXPIRE_AGAIN_AFTER = 0.05  # s a pass may take before another follows at once
 EXPIRE_SLICE = 500  # subjects ticked between two turns of the event loop
 _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
+_QUIET = {Reason.BECAME_UNKNOWN, Reason.PARENT_DOWN, Reason.SUPPRESSED_BY_PARENT}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
 _IN_CHUNKS = 500  # values per SQL IN list
 
@@ -126,6 +128,17 @@ class HealthMonitor:
         self.dependencies = Dependencies()
         # Parents whose open ticket's list of unreachable children may be out of date.
         self._lists: set[SubjectKey] = set()
+        # Spaces (Multiple devices offline): each one's devices, each device's space, the
+        # spaces whose group is forming, those to assess on the next pass, what each group
+        # ticket last said (members, when) and the devices of each space's current incident.
+        self.group_rules = groups.GroupRules()
+        self._members: dict[SubjectKey, tuple[SubjectKey, ...]] = {}
+        self._space_of: dict[SubjectKey, SubjectKey] = {}
+        self._gathering: set[SubjectKey] = set()
+        self._review: set[SubjectKey] = set()
+        self._said: dict[SubjectKey, tuple[int, float]] = {}
+        self._group_due: dict[SubjectKey, float] = {}  # when to assess again, for time alone
+        self._incident: dict[SubjectKey, dict[SubjectKey, None]] = {}
 
     # -- the subjects ------------------------------------------------------------------------
 
@@ -155,9 +168,27 @@ class HealthMonitor:
             tracked.dirty = tracked.dirty or tracked.name != name
             tracked.name, tracked.windows = name, windows
 
+    def set_spaces(
+        self,
+        spaces: Mapping[SubjectKey, str],
+        members: Mapping[SubjectKey, Sequence[SubjectKey]],
+        rules: groups.GroupRules,
+    ) -> None:
+        """The spaces (key -> name), tracked as subjects, and their devices; then `set_parents`
+        with each device's space among its parents. Spaces gone from `spaces` are `remove`d
+        by the caller."""
+        self.group_rules = rules
+        for key, name in spaces.items():
+            self.configure(key, name, self.default_windows)
+        self._members = {space: tuple(members.get(space, ())) for space in spaces}
+        self._space_of = {m: space for space, of in self._members.items() for m in of}
+        self._gathering &= self._members.keys()
+        self._review = set(self._members)
+
     def set_parents(self, parents: dict[SubjectKey, list[SubjectKey]]) -> None:
-        """Who depends on whom (`depends_on` as keys); children whose holder this changes (a
-        parent added, or removed from the config) are told at once."""
+        """Who depends on whom (`depends_on` as keys, a device's space among them); children
+        whose holder this changes (a parent added, or removed from the config) are told at
+        once."""
         self.dependencies.set(parents)
         now = self.now()
         held = [k for k, t in self._subjects.items() if t.state.held_by is not None]
@@ -172,17 +203,146 @@ class HealthMonitor:
         current = tracked.state.held_by
         holder = self.dependencies.holder(key, current, self._health_of)
         if holder != current:
+            was = self._keys_of(key.org, current)
             self._lists.update(self._keys_of(key.org, current, holder))
-            self._handle(tracked, ParentChanged(holder), now)
+            # A space that stops holding a device (its group never formed, or is over) lets it
+            # go on from where it is; a parent's devices start their debounce again.
+            restart = not (holder is None and was and was[0].type == "space")
+            self._handle(tracked, ParentChanged(holder, restart), now)
 
     def _health_of(self, key: SubjectKey) -> SubjectHealth | None:
         tracked = self._subjects.get(key)
-        return None if tracked is None else tracked.state.health
+        if tracked is None:
+            return None
+        if key.type == "space":  # its group forming or open holds its devices; else nothing
+            held = self._holding(key, tracked.state)
+            return SubjectHealth.FAILING if held else SubjectHealth.UP
+        return tracked.state.health
+
+    def _holding(self, space: SubjectKey, state: SubjectState) -> bool:
+        """Does the space hold its devices: its group forming, failing, down or still open?"""
+        return space in self._gathering or state.ticket_open or state.health in HOLDING
 
     def _keys_of(self, org: str, *ids: str | None) -> list[SubjectKey]:
         """The tracked parents these ids name."""
         keys = (parent_key(org, i, self._subjects) for i in ids if i is not None)
         return [key for key in keys if key is not None]
+
+    # -- groups (Multiple devices offline) -------------------------------------------------
+
+    def _assess_groups(self, now: Now, *, timed: bool = False) -> None:
+        """Assess the spaces whose members changed and, when `timed`, those whose verdict
+        time alone changes now (a forming group's devices reaching their debounce's end or
+        waiting too long; a growth comment its rate held back): form, hold, release and
+        resolve groups."""
+        review, self._review = self._review, set()
+        spaces = review
+        if timed and self._group_due:
+            due = {space for space, at in self._group_due.items() if at <= now.mono}
+            spaces = review | (due & self._members.keys())
+            for space in due:
+                del self._group_due[space]
+        for space in sorted(spaces, key=self._depth):
+            tracked = self._subjects.get(space)
+            if tracked is not None:
+                self._assess(tracked, now, changed=space in review)
+
+    def _depth(self, space: SubjectKey) -> int:
+        """How many spaces up its parent chain goes: parents are assessed first."""
+        depth, seen = 0, {space}
+        while (up := self._parent_space(space)) is not None and up not in seen:
+            depth, space = depth + 1, up
+            seen.add(up)
+        return depth
+
+    def _parent_space(self, space: SubjectKey) -> SubjectKey | None:
+        for parent in self.dependencies.parents(space):
+            if parent.type == "space":
+                return parent
+        return None
+
+    def _assess(self, tracked: Tracked, now: Now, *, changed: bool) -> None:
+        space, state = tracked.key, tracked.state
+        members = [self._subjects[m] for m in self._members.get(space, ()) if m in self._subjects]
+        active = state.ticket_open or state.health in HOLDING
+        verdict = groups.assess(
+            space,
+            ((m.state, m.windows) for m in members),
+            now.mono,
+            self.group_rules,
+            active=active,
+        )
+        holding = self._holding(space, state)
+        self._group_due.pop(space, None)
+        if verdict.gathering and verdict.due is not None:
+            self._group_due[space] = verdict.due
+        if verdict.gathering:
+            if space not in self._gathering:
+                log.info(
+                    "devices of a space failing together: their group is forming",
+                    offline=len(verdict.offline) + len(verdict.covers),
+                    **_context(space),
+                )
+            self._gathering.add(space)
+        else:
+            self._gathering.discard(space)
+        if verdict.forms:
+            self._incident[space] = dict.fromkeys([*verdict.offline, *verdict.covers])
+            # Failing since the first of its devices began to: its debounce is theirs.
+            started = verdict.earliest if verdict.earliest is not None else now.mono
+            began = Now(started, now.wall - timedelta(seconds=now.mono - started))
+            self._handle(tracked, Observed(_group_observation(space, verdict)), began)
+            self._handle(tracked, Tick(), now)
+        elif active and verdict.healthy and state.health is not SubjectHealth.RECOVERING:
+            if state.health is not SubjectHealth.UP:
+                self._handle(tracked, Observed(_group_recovered(space)), now)
+        elif (
+            active
+            and verdict.offline
+            and state.health
+            in (
+                SubjectHealth.RECOVERING,
+                SubjectHealth.UNKNOWN,
+            )
+        ):
+            self._handle(tracked, Observed(_group_observation(space, verdict)), now)
+        if self._holding(space, tracked.state) != holding:
+            for member in members:
+                self._tell(member.key, now)
+        state = tracked.state
+        seq = state.ticket_seq
+        if state.ticket_open and seq is not None:
+            if changed:  # a device joined, left or came back: the ticket's list says so
+                self._lists.add(space)
+            incident = self._incident.setdefault(space, {})
+            for covered in verdict.covers:
+                self._handle(self._subjects[covered], Covered(seq), now)
+            for key in [*verdict.covers, *verdict.offline]:
+                if key not in incident:
+                    incident[key] = None
+                    self._lists.add(space)
+            said, when = self._said.setdefault(space, (len(incident), now.mono))
+            if groups.grew(len(verdict.offline), said, groups.GROUP_COMMENT_EVERY):
+                if not groups.grew(len(verdict.offline), said, now.mono - when):
+                    self._group_due[space] = when + groups.GROUP_COMMENT_EVERY  # say it then
+                    return
+                self._said[space] = (len(verdict.offline), now.mono)
+                body = text.group_grew_comment(len(verdict.offline), said)
+                comment = Comment(seq, body, Reason.GROUP_GREW)
+                self.applier.submit(Pending(space, tracked.name, comment, self._wall()))
+        elif not state.ticket_open:
+            self._said.pop(space, None)
+            self._incident.pop(space, None)
+
+    def _member_states(self, space: SubjectKey) -> list[tuple[str, str]]:
+        """The devices of the space's incident, each with its state, for its ticket."""
+        listed = []
+        for member in self._incident.get(space, {}):
+            tracked = self._subjects.get(member)
+            if tracked is None:
+                continue
+            listed.append((member.id, _member_state(tracked.state, space)))
+        return listed
 
     async def remove(self, *keys: SubjectKey) -> None:
         """Stop tracking these subjects and drop their saved state (one write for all)."""
@@ -348,6 +508,7 @@ class HealthMonitor:
         ticked: set[SubjectKey] = set()
         for _ in range(EXPIRE_PASSES):
             now = self.now()
+            self._assess_groups(now, timed=True)
             due = [k for k, at in self._pending.items() if at <= now.mono and k not in ticked]
             for n, key in enumerate(due, 1):
                 tracked = self._subjects.get(key)
@@ -355,8 +516,12 @@ class HealthMonitor:
                 if tracked is not None and self._pending.get(key, inf) <= now.mono:
                     self._handle(tracked, Tick(), now)
                 if n % EXPIRE_SLICE == 0:
+                    if self._review:  # devices just past their debounce: groups form now
+                        self._assess_groups(self.now())
                     yield
             ticked.update(due)
+            if self._review:  # devices whose debounce just ended: their groups form now
+                self._assess_groups(self.now())
             if self._monotonic() - now.mono < EXPIRE_AGAIN_AFTER:
                 return
 
@@ -393,13 +558,15 @@ class HealthMonitor:
                 if (held := self._subjects.get(child)) is not None
                 and held.state.held_by == parent.id
                 and held.state.health is SubjectHealth.UNREACHABLE
+                and self._space_of.get(child) != parent  # its own devices: listed as members
             )
+            revise = functools.partial(text.with_unreachable, children=children)
+            if parent in self._members:
+                members = self._member_states(parent)
+                revise = functools.partial(_with_lists, members=members, children=children)
             try:
                 await self._store.revise_description(
-                    parent.org,
-                    seq,
-                    Actor.health_monitor(),
-                    functools.partial(text.with_unreachable, children=children),
+                    parent.org, seq, Actor.health_monitor(), revise
                 )
             except TicketError as exc:  # e.g. a description grown past the limit: not again
                 log.warning("unreachable children not listed", seq=seq, error=str(exc))
@@ -423,9 +590,13 @@ class HealthMonitor:
             is_parent = self.dependencies.has_children(tracked.key)
             if is_parent and after.ticket_seq != before.ticket_seq:
                 self._lists.add(tracked.key)  # its ticket opened: list who it holds
+            if tracked.key.type == "space":
+                self._review.add(tracked.key)
             if after.health is not before.health:
                 if self.on_health is not None:
                     self.on_health(tracked.key, after.health)
+                if (space := self._space_of.get(tracked.key)) is not None:
+                    self._review.add(space)
                 if is_parent:
                     for child in self.dependencies.children(tracked.key):
                         self._tell(child, now)
@@ -434,10 +605,19 @@ class HealthMonitor:
         for decision in decisions:
             if isinstance(decision, Note):
                 # "Unknown" comes to every device of a broker at once (80,000 lines when it
-                # goes); the broker's own ticket and log line say it once.
-                level = log.debug if decision.reason is Reason.BECAME_UNKNOWN else log.info
+                # goes), a hold to every device of a space or parent: the broker's, the
+                # parent's or the group's own ticket and log line say it once.
+                quiet = decision.reason in _QUIET or (
+                    decision.reason is Reason.FAILING and tracked.state.held_by is not None
+                )
+                level = log.debug if quiet else log.info
                 level(decision.text, reason=decision.reason.value, **_context(tracked.key))
             else:
+                if isinstance(decision, OpenTicket) and tracked.key.type == "space":
+                    members = self._member_states(tracked.key)
+                    decision = replace(
+                        decision, description=text.with_members(decision.description, members)
+                    )
                 self.applier.submit(Pending(tracked.key, tracked.name, decision, self._wall()))
         self._note_pending(tracked)
 
@@ -563,6 +743,36 @@ class HealthMonitor:
         for tracked, (_, _, state) in zip(dirty, taken, strict=True):
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
+
+
+def _with_lists(description: str, members: list[tuple[str, str]], children: list[str]) -> str:
+    """A group ticket's description: its devices with their state, then unreachable spaces."""
+    return text.with_unreachable(text.with_members(description, members), children)
+
+
+def _member_state(state: SubjectState, space: SubjectKey) -> str:
+    health = state.health
+    if health is SubjectHealth.UP or health is SubjectHealth.RECOVERING:
+        return text.BACK_ONLINE
+    if health is SubjectHealth.UNKNOWN:
+        return "not seen since tocsin started"
+    if health is SubjectHealth.DOWN and state.ticket_open:
+        return f"offline, on its own ticket #{state.ticket_seq}"
+    return "offline"
+
+
+def _group_observation(space: SubjectKey, verdict: groups.Assessment) -> Observation:
+    count = len(verdict.offline) + len(verdict.covers)
+    return Observation(
+        Health.UNHEALTHY,
+        f"{count} devices offline in space {space.id}",
+        kind_hint=Kind.MULTIPLE_DEVICES_OFFLINE.value,
+        error_class="devices_offline",
+    )
+
+
+def _group_recovered(space: SubjectKey) -> Observation:
+    return Observation(Health.HEALTHY, f"every device of space {space.id} is back online")
 
 
 def _only_results_changed(before: SubjectState, after: SubjectState) -> bool:

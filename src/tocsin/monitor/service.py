@@ -23,8 +23,11 @@ from tocsin.monitor.config import (
     Subject,
     WindowOverrides,
     interval_for,
+    members_of,
+    spaces_of,
     windows_for,
 )
+from tocsin.monitor.groups import GroupRules
 from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.pulls import InlinePulls, PullRunner, PullSpec
 from tocsin.monitor.runtime import HealthMonitor
@@ -118,6 +121,7 @@ class MonitorService:
         self._push: PushRegistry | None = None
         self._ping: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
         self._subjects: dict[SubjectKey, Subject] = {}
+        self._spaces: set[SubjectKey] = set()
         self._probes: dict[SubjectKey, object] = {}
         self._intervals: dict[SubjectKey, float] = {}
         self._brokers: dict[str, _Broker] = {}
@@ -179,7 +183,7 @@ class MonitorService:
 
     async def apply(self, settings: Settings) -> dict[str, list[str]]:
         """Move the running service to `settings`; return what changed, by subject."""
-        old = self._subjects
+        old, old_spaces = self._subjects, self._spaces
         self.settings = settings
         self.context.base_dir, self.context.environ = settings.base_dir, settings.environ
         wanted = _subjects(settings)
@@ -188,10 +192,15 @@ class MonitorService:
             self.pulls.remove(key)
             if self._push is not None:
                 self._push.unregister(key)
+        config = settings.config
+        spaces = spaces_of(config.spaces, config.devices)
+        removed += [key for key in old_spaces if key not in spaces]
         await self.monitor.remove(*removed)
         self._configure_subjects(settings, wanted)
         changed = self._sync_probes(settings)
-        added = [key for key in self._subjects if key not in old]
+        added = [
+            k for k in [*self._subjects, *self._spaces] if k not in old and k not in old_spaces
+        ]
         return {
             "added": sorted(map(str, added)),
             "removed": sorted(map(str, removed)),
@@ -221,8 +230,25 @@ class MonitorService:
                 interval = interval_for(defaults, subject).total_seconds()
                 debounce = windows.debounce.total_seconds()
                 self._retry[key] = max(0.1, min(interval, debounce / 3 if debounce else interval))
+        # Spaces are subjects too: each the parent of its devices (their group holds them) and
+        # a dependant of its parent space.
+        config = settings.config
+        spaces = spaces_of(config.spaces, config.devices)
+        self._spaces = set(spaces)
+        window = defaults.group_window.total_seconds() if defaults.group_window else None
+        rules = GroupRules(defaults.group_threshold, defaults.group_threshold_percent, window)
+        members = members_of(config.devices)
+        self.monitor.set_spaces({k: s.name for k, s in spaces.items()}, members, rules)
         depends_on = {key: s.depends_on for key, s in self._subjects.items() if s.depends_on}
-        self.monitor.set_parents(parents.resolve(depends_on, self._subjects))
+        known = {**self._subjects, **spaces}
+        wiring = parents.resolve(depends_on, known)
+        for space, devices in members.items():
+            for device in devices:
+                wiring.setdefault(device, []).append(space)
+        for key, info in spaces.items():
+            if info.parent is not None:
+                wiring[key] = [info.parent]
+        self.monitor.set_parents(wiring)
 
     def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
         """A failing subject is looked at more often, until it is up or ticketed."""
