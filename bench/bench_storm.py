@@ -76,6 +76,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--devices", type=int, default=5000, help="MQTT devices that go offline (5000)")
+    add(
+        "--spaces",
+        type=int,
+        default=0,
+        help="put the devices in this many spaces: one Multiple devices offline ticket each "
+        "is expected, no device's own (0: no spaces)",
+    )
     add("--debounce", type=float, default=5.0, help="[monitor] debounce, s (5)")
     add("--http-interval", type=float, default=1.0, help="the HTTP device's interval, s (1)")
     add("--http-timeout", type=float, default=2.0, help="its probe timeout, s (2)")
@@ -92,7 +99,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--bare-batch", type=int, default=256, help="tickets per transaction, bare loop (256)")
     add("--bare-concurrency", type=int, default=16, help="bare POST loop connections (16)")
     add("--sample-every", type=float, default=0.5, help="daemon CPU/RSS sampling, s (0.5)")
-    add("--target-ticket", type=float, default=2.0, help="s after the debounce, each ticket (2)")
+    add(
+        "--target-ticket",
+        type=float,
+        help="s after the debounce, each ticket (2; with --spaces 1, counted from the last "
+        "offline message + the debounce)",
+    )
     add("--target-webhook", type=float, default=5.0, help="s after the debounce, last webhook (5)")
     add("--target-http", type=float, default=1.0, help="s the HTTP delay may grow in the storm")
     add(
@@ -114,6 +126,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         opts.timeout = max(120.0, opts.devices / 50)
     if opts.devices < 1 or opts.quiet_runs < 1:
         parser.error("need --devices >= 1 and --quiet-runs >= 1")
+    if not 0 <= opts.spaces <= opts.devices:
+        parser.error("need 0 <= --spaces <= --devices")
+    if opts.target_ticket is None:
+        opts.target_ticket = 1.0 if opts.spaces else 2.0
     return opts
 
 
@@ -378,6 +394,7 @@ async def storm_phase(
         secret_file=secret,
         debounce=opts.debounce,
         delivery=opts.delivery,
+        spaces=opts.spaces,
     )
     config = workdir / "storm.toml"
     config.write_text(text)
@@ -464,6 +481,7 @@ async def storm_phase(
             )
 
             deadline = run.t0 + opts.debounce + opts.timeout
+            expected = opts.spaces or opts.devices
             next_arrival = 0
             while True:
                 async with session.get(
@@ -478,7 +496,9 @@ async def storm_phase(
                 http_done = any(s.subject == HTTP_ID for s in complete)
                 hooks = {w["subject"] for w in run.webhooks if w["type"] == "ticket.opened"}
                 mqtt_hooks = len(hooks - {HTTP_ID})
-                if mqtt_done >= opts.devices and http_done and mqtt_hooks >= opts.devices:
+                if mqtt_done >= expected and http_done and mqtt_hooks >= expected:
+                    if opts.spaces:  # a device's own ticket would open meanwhile: none may
+                        await asyncio.sleep(2.0)
                     break
                 if time.time() > deadline:
                     run.timed_out = True
@@ -523,7 +543,7 @@ async def storm_phase(
     log.read()
     for entry in log.entries:
         if entry.event == "subject down: ticket opened":
-            subject = str(entry.fields.get("subject", "")).removeprefix("device:")
+            subject = str(entry.fields.get("subject", "")).split(":", 1)[-1]
             run.log_opened.setdefault(subject, entry.at)
     run.db_missing_trigger = missing_triggers(db)
 
@@ -629,20 +649,25 @@ def cpu_share(samples: list[Sample], start: float, end: float) -> tuple[float, f
 def report(opts: argparse.Namespace, run: Run) -> list[Row]:
     rows: list[Row] = []
     debounce = opts.debounce
-    index = {storm.mqtt_id(n): n for n in range(opts.devices)}
+    # When each expected ticket is due: a device's, its offline message + the debounce; a
+    # space's, the last offline message + the debounce.
+    if opts.spaces:
+        index = {storm.space_of(n, opts.devices, opts.spaces): run.t0 for n in range(opts.devices)}
+    else:
+        index = {storm.mqtt_id(n): run.published[n] for n in range(opts.devices)}
     delays, stamped, logged = [], [], []
     for subject, seen in run.tickets.items():
-        n = index.get(subject)
-        if n is None:
+        published = index.get(subject)
+        if published is None:
             run.unexpected.append(subject)
             continue
-        due = run.published[n] + debounce
+        due = published + debounce
         if seen.complete_at is not None:
             delays.append(seen.complete_at - due)
         stamped.append(seen.opened_at - due)
         if subject in run.log_opened:
             logged.append(run.log_opened[subject] - due)
-    expected = opts.devices
+    expected = opts.spaces or opts.devices
     got = len(delays)
     complete = sorted(s.complete_at for s in run.tickets.values() if s.complete_at)
     span = complete[-1] - complete[0] if len(complete) > 1 else float("nan")
@@ -650,14 +675,15 @@ def report(opts: argparse.Namespace, run: Run) -> list[Row]:
     first_arrival: dict[str, float] = {}
     for w in opened:
         first_arrival.setdefault(w["subject"], w["at"])
-    hook_delays = [at - (run.published[index[s]] + debounce) for s, at in first_arrival.items()]
+    hook_delays = [at - (index[s] + debounce) for s, at in first_arrival.items()]
     hook_ids = {w["id"] for w in opened}
     arrivals = sorted(first_arrival.values())
     hook_span = arrivals[-1] - arrivals[0] if len(arrivals) > 1 else float("nan")
     last_hook = arrivals[-1] - (run.t0 + debounce) if arrivals else float("nan")
 
     say()
-    say(f"== storm: {opts.devices:,} MQTT devices offline, debounce {debounce:g} s ==")
+    in_spaces = f" in {opts.spaces:,} spaces" if opts.spaces else ""
+    say(f"== storm: {opts.devices:,} MQTT devices{in_spaces} offline, debounce {debounce:g} s ==")
     say(
         f"offline written {clock(run.storm_started)}-{clock(run.t0)} UTC "
         f"({run.t0 - run.storm_started:.3f} s, {opts.connections} connections); "

@@ -33,6 +33,11 @@ def mqtt_id(n: int) -> str:
     return f"mqtt-{n:05d}"
 
 
+def space_of(n: int, devices: int, spaces: int) -> str:
+    """Device n's space: devices in `spaces` contiguous blocks."""
+    return f"space-{n * spaces // devices:04}"
+
+
 def status_topic(n: int) -> str:
     return f"storm/{mqtt_id(n)}/status"
 
@@ -175,7 +180,10 @@ def storm_config(
     secret_file: Path,
     debounce: float,
     delivery: str = "auto",
+    spaces: int = 0,
 ) -> str:
+    """The daemon's config; with `spaces`, the MQTT devices in that many spaces, in blocks
+    (`space_of`)."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [
         "[server]",
@@ -223,6 +231,7 @@ def storm_config(
             f'org = "{ORG}"',
             f'id = "{mqtt_id(n)}"',
             f'name = "MQTT device {n}"',
+            *([f'space = "{space_of(n, devices, spaces)}"'] if spaces else []),
             f'probe = {{ type = "mqtt", broker = "{BROKER}", status_topic = "{status_topic(n)}" }}',
         ]
     return "\n".join(lines) + "\n"
