@@ -53,8 +53,20 @@ def redact_secrets(
     return event
 
 
+_debug = False
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: a hot path skips building those it would drop (a
+    filtered structlog call still costs a bind, ~15 us, uncached so a reload can change the
+    level)."""
+    return _debug
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Log to `stream` (default stderr): JSON lines, or readable lines on a terminal."""
+    global _debug
+    _debug = level.lower() == "debug"
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (

@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from tocsin import logs
 from tocsin.db import schema
 from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.monitor import groups, states
@@ -263,6 +264,7 @@ class HealthMonitor:
 
     def _assess(self, tracked: Tracked, now: Now, *, changed: bool) -> None:
         space, state = tracked.key, tracked.state
+        health = state.health
         members = [self._subjects[m] for m in self._members.get(space, ()) if m in self._subjects]
         active = state.ticket_open or state.health in HOLDING
         verdict = groups.assess(
@@ -306,8 +308,8 @@ class HealthMonitor:
             )
         ):
             self._handle(tracked, Observed(_group_observation(space, verdict)), now)
-        if self._holding(space, tracked.state) != holding:
-            for member in members:
+        if self._holding(space, tracked.state) != holding and tracked.state.health is health:
+            for member in members:  # (a change of its health told them already)
                 self._tell(member.key, now)
         state = tracked.state
         seq = state.ticket_seq
@@ -578,6 +580,8 @@ class HealthMonitor:
     def _handle(self, tracked: Tracked, event: Event, now: Now) -> None:
         tracked.last_mono = max(tracked.last_mono, now.mono)
         before = tracked.state
+        is_parent = self.dependencies.has_children(tracked.key)
+        held_as = _hold_class(self._health_of(tracked.key)) if is_parent else None
         tracked.state, decisions = step(before, event, now, tracked.windows)
         after = tracked.state
         if after is not before:
@@ -587,7 +591,6 @@ class HealthMonitor:
                 self._changed += not tracked.dirty
                 self._last_change = now.mono
                 tracked.dirty = True
-            is_parent = self.dependencies.has_children(tracked.key)
             if is_parent and after.ticket_seq != before.ticket_seq:
                 self._lists.add(tracked.key)  # its ticket opened: list who it holds
             if tracked.key.type == "space":
@@ -597,7 +600,7 @@ class HealthMonitor:
                     self.on_health(tracked.key, after.health)
                 if (space := self._space_of.get(tracked.key)) is not None:
                     self._review.add(space)
-                if is_parent:
+                if is_parent and _hold_class(self._health_of(tracked.key)) != held_as:
                     for child in self.dependencies.children(tracked.key):
                         self._tell(child, now)
                 if after.held_by is not None:  # it went unreachable, or left it
@@ -610,6 +613,8 @@ class HealthMonitor:
                 quiet = decision.reason in _QUIET or (
                     decision.reason is Reason.FAILING and tracked.state.held_by is not None
                 )
+                if quiet and not logs.debug_enabled():
+                    continue
                 level = log.debug if quiet else log.info
                 level(decision.text, reason=decision.reason.value, **_context(tracked.key))
             else:
@@ -743,6 +748,15 @@ class HealthMonitor:
         for tracked, (_, _, state) in zip(dirty, taken, strict=True):
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
+
+
+def _hold_class(health: SubjectHealth | None) -> str:
+    """What a parent's health means to its children: holding them, unknown (whoever holds
+    them still does), or not holding. Children are told when this changes, not on every
+    change of health (failing -> down changes nothing for them)."""
+    if health in HOLDING:
+        return "holding"
+    return "unknown" if health is SubjectHealth.UNKNOWN or health is None else "free"
 
 
 def _with_lists(description: str, members: list[tuple[str, str]], children: list[str]) -> str:
