@@ -106,7 +106,7 @@ async def test_every_request_body_schema_is_in_components(document: dict[str, An
             name = schema["$ref"].removeprefix(REF_PREFIX)
             assert name in components, (method, path, name)
             assert components[name]["type"] == "object"
-    assert bodies == 6  # open, patch, start, resolve, reopen, comment
+    assert bodies == 7  # open, patch, start, resolve, reopen, comment, add maintenance
 
 
 async def test_every_reference_in_the_document_resolves(document: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from tocsin.durations import Duration
 from tocsin.monitor.config import (
     DeviceConfig,
     IntegrationConfig,
+    MaintenanceConfig,
     MonitorDefaults,
     MqttConfig,
     SpaceConfig,
@@ -373,6 +374,9 @@ class Config(_Model):
     spaces: list[SpaceConfig] = Field(default_factory=list)
     """Places devices are in (sites, floors, rooms), each a subject whose group ticket covers
     its devices; a device's `space` that no entry declares is implied."""
+    maintenance: list[MaintenanceConfig] = Field(default_factory=list)
+    """Maintenance windows: while one is active, the subjects it covers open no tickets (the
+    API and `tocsin maintenance` add more at run time)."""
 
     @field_validator("webhooks")
     @classmethod
@@ -496,6 +500,7 @@ def _parse(text: str, base_dir: Path | None, env: Mapping[str, str] | None) -> S
             base_dir,
             environ,
             config.spaces,
+            config.maintenance,
         )
     ]
     if problems:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from tocsin.config import ConfigError, Problem, parse
-from tocsin.monitor.config import SpaceInfo, members_of, spaces_of
+from tocsin.monitor.config import SpaceInfo, config_windows, members_of, spaces_of
+from tocsin.monitor.maintenance import Target
 from tocsin.probes.observation import SubjectKey
 
 ORGS = '[[orgs]]\nslug = "acme"\nname = "Acme"\n[[orgs]]\nslug = "beta"\nname = "Beta"\n'
@@ -307,3 +308,189 @@ NOT_AN_ID = "String should match pattern '^[^\\s/][^/]{0,127}$'"
 )
 def test_a_bad_space_or_grouping_key_names_its_key_path(text: str, path: str, message: str) -> None:
     assert [(p.path, p.message) for p in problems_of(text, env={})] == [(path, message)]
+
+
+# -- [[maintenance]] -------------------------------------------------------------------------
+
+
+def maintenance(org: str = "acme", **keys: str) -> str:
+    lines = ["[[maintenance]]", f'org = "{org}"']
+    return "\n".join([*lines, *(f"{key} = {value}" for key, value in keys.items())]) + "\n"
+
+
+SUBJECTS = device("cam", PUSH, space='"b2-f3"', labels='{ rack = "A3" }')
+SUBJECTS += integration("bms", '{ bearer_env = "TOKEN" }') + space("b2")
+
+
+def test_a_one_off_and_a_recurring_window_parse_and_number_per_org() -> None:
+    text = ORGS + SUBJECTS
+    text += maintenance(
+        subject='"cam"', start="2026-12-24T18:00:00Z", end="2026-12-25T06:00:00+01:00"
+    )
+    text += maintenance(space='"b2"', cron='"0 2 * * sun"', duration='"2h"', reason='"patching"')
+    text += maintenance(
+        org="beta", labels='{ rack = "A3" }', cron='"*/30 * * * *"', duration='"5m"'
+    )
+    text += maintenance(subject='"bms"', start="2027-01-01T00:00:00Z", end="2027-01-02T00:00:00Z")
+    config = parse(text, env={"TOKEN": "t"}).config
+    one_off, weekly, _, _ = config.maintenance
+    assert one_off.start == datetime(2026, 12, 24, 18, tzinfo=UTC)
+    assert one_off.end == datetime(2026, 12, 25, 5, tzinfo=UTC)
+    assert (weekly.cron, weekly.duration, weekly.reason) == (
+        "0 2 * * sun",
+        timedelta(hours=2),
+        "patching",
+    )
+    windows = config_windows(config)
+    assert windows == config_windows(config.maintenance)
+    assert [(w.org, w.id, w.source) for w in windows] == [
+        ("acme", "config-1", "config"),
+        ("acme", "config-2", "config"),
+        ("beta", "config-1", "config"),
+        ("acme", "config-3", "config"),
+    ]
+    cam, b2, racks, _ = windows
+    assert cam.target == Target(subject="cam")
+    assert (cam.start, cam.end, cam.cron) == (one_off.start, one_off.end, None)
+    assert b2.target == Target(space="b2")
+    assert (b2.cron, b2.duration, b2.reason) == ("0 2 * * sun", timedelta(hours=2), "patching")
+    assert racks.target == Target(labels={"rack": "A3"})
+    sunday = datetime(2026, 12, 6, 3, tzinfo=UTC)  # a Sunday, 03:00
+    assert b2.occurrence(sunday) == (sunday.replace(hour=2), sunday.replace(hour=4))
+    assert cam.occurrence(sunday) is None
+    assert parse(ORGS, env={}).config.maintenance == []
+
+
+def test_maintenance_problems_across_keys_are_named_by_key_path() -> None:
+    text = ORGS + SUBJECTS + device("lamp", PUSH, org="beta", space='"hall"')
+    recurring = {"cron": '"0 2 * * *"', "duration": '"1h"'}
+    text += maintenance(org="gamma", subject='"cam"', **recurring)
+    text += maintenance(subject='"nope"', **recurring)
+    text += maintenance(subject='"lamp"', **recurring)  # beta's
+    text += maintenance(space='"cam"', **recurring)  # a device, not a space
+    text += maintenance(space='"hall"', **recurring)  # beta's
+    text += maintenance(subject='"b2-f3"', **recurring)  # a space only a device names: fine
+    text += maintenance(space='"b2-f3"', **recurring)
+    text += maintenance(subject='"bms"', **recurring)
+    text += maintenance(labels='{ rack = "none" }', **recurring)  # labels need match nothing
+    assert [(p.path, p.message) for p in problems_of(text, env={"TOKEN": "t"})] == [
+        ("maintenance[0].org", "no org 'gamma' in [[orgs]]"),
+        ("maintenance[1].subject", "no subject 'nope' in the org"),
+        ("maintenance[2].subject", "no subject 'lamp' in the org"),
+        ("maintenance[3].space", "no space 'cam' in the org"),
+        ("maintenance[4].space", "no space 'hall' in the org"),
+    ]
+
+
+START, END = "2026-12-24T18:00:00Z", "2026-12-25T06:00:00Z"
+CRON = '"0 2 * * *"'
+
+
+@pytest.mark.parametrize(
+    ("keys", "path", "message"),
+    [
+        pytest.param(
+            {"subject": '"cam"', "space": '"b2"', "cron": CRON, "duration": '"1h"'},
+            "maintenance[0]",
+            "subject: give exactly one of subject, space or labels",
+            id="subject-and-space",
+        ),
+        pytest.param(
+            {"cron": CRON, "duration": '"1h"'},
+            "maintenance[0]",
+            "subject: give exactly one of subject, space or labels",
+            id="no-target",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "start": START, "end": END, "cron": CRON, "duration": '"1h"'},
+            "maintenance[0]",
+            "start: give start and end, or cron and duration",
+            id="start-and-cron",
+        ),
+        pytest.param(
+            {"subject": '"cam"'},
+            "maintenance[0]",
+            "start: give start and end, or cron and duration",
+            id="neither-start-nor-cron",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "start": START},
+            "maintenance[0]",
+            "end: give start and end",
+            id="start-without-end",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "start": END, "end": START},
+            "maintenance[0]",
+            "end: must be after start",
+            id="end-before-start",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "start": "2026-12-24T18:00:00", "end": END},
+            "maintenance[0]",
+            "start: needs a UTC offset (e.g. 2026-12-02T10:00:00Z)",
+            id="start-without-offset",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "start": f'"{START}"', "end": END},
+            "maintenance[0].start",
+            "Input should be a valid datetime",
+            id="start-a-string",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": '"0 25 * * *"', "duration": '"1h"'},
+            "maintenance[0]",
+            "cron: not a crontab schedule (5 fields, UTC): Error validating expression '25': "
+            "the last value (25) is higher than the maximum value (23)",
+            id="bad-cron",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": '"0 2 * *"', "duration": '"1h"'},
+            "maintenance[0]",
+            "cron: not a crontab schedule (5 fields, UTC): Wrong number of fields; got 4, "
+            "expected 5",
+            id="cron-four-fields",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": '"0 0 31 4 *"', "duration": '"1h"'},
+            "maintenance[0]",
+            "cron: '0 0 31 4 *' never fires (no such date)",
+            id="cron-never-fires",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": CRON},
+            "maintenance[0]",
+            "duration: give cron and duration",
+            id="cron-without-duration",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": CRON, "duration": '"soon"'},
+            "maintenance[0].duration",
+            "'soon' is not a duration: write a number and a unit (ms, s, m, h, d), e.g. '90s'",
+            id="bad-duration",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": CRON, "duration": '"400d"'},
+            "maintenance[0]",
+            "duration: must be positive and at most 366 days",
+            id="duration-too-long",
+        ),
+        pytest.param(
+            {"subject": '"cam/1"', "cron": CRON, "duration": '"1h"'},
+            "maintenance[0].subject",
+            NOT_AN_ID,
+            id="subject-not-an-id",
+        ),
+        pytest.param(
+            {"subject": '"cam"', "cron": CRON, "duration": '"1h"', "colour": '"red"'},
+            "maintenance[0].colour",
+            "unknown key",
+            id="unknown-key",
+        ),
+    ],
+)
+def test_a_bad_maintenance_window_names_its_key(
+    keys: dict[str, str], path: str, message: str
+) -> None:
+    text = ORGS + SUBJECTS + maintenance(**keys)
+    assert [(p.path, p.message) for p in problems_of(text, env={"TOKEN": "t"})] == [(path, message)]

@@ -10,6 +10,7 @@ from aiohttp import web
 from tocsin.api.auth import TokenBook
 from tocsin.api.errors import Handler
 from tocsin.config import OrgConfig, Settings
+from tocsin.monitor.maintenance import Window
 from tocsin.monitor.states import StateRow
 from tocsin.tickets.store import TicketStore
 
@@ -28,6 +29,10 @@ class ApiContext:
     # /metrics text, and what /readyz checks besides the store: name -> "ok" or what is wrong.
     metrics: Callable[[], Awaitable[bytes]] | None = None
     readiness: Callable[[], dict[str, str]] | None = None
+    # The running monitor's maintenance windows of an org (the config's and the store's), and
+    # how to tell it the store's changed (it reads them again at once); None without a monitor.
+    maintenance: Callable[[str], list[Window]] | None = None
+    maintenance_changed: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def build(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from pydantic import BaseModel
 
-from tocsin.api import schemas, subjects, tickets, webhooks
+from tocsin.api import maintenance, schemas, subjects, tickets, webhooks
 from tocsin.api.context import API_CONTEXT
 from tocsin.api.errors import ApiError, Handler
 from tocsin.api.openapi import build_document
@@ -119,6 +119,7 @@ LIST_QUERY = (
 
 TICKETS = "/api/v1/orgs/{org}/tickets"
 TICKET = TICKETS + "/{seq}"
+MAINTENANCE = "/api/v1/orgs/{org}/maintenance"
 _ERR = schemas.ErrorOut
 _WRITE_ERRORS: dict[int, type[BaseModel] | None] = {
     400: _ERR,
@@ -233,6 +234,32 @@ ROUTES: tuple[Route, ...] = (
         "Every subject's health, since when, last probe result and open ticket.",
         ("read",),
         responses={200: subjects.SubjectListOut, 401: _ERR, 403: _ERR, 404: _ERR},
+    ),
+    Route(
+        "GET",
+        MAINTENANCE,
+        maintenance.list_maintenance,
+        "The org's maintenance windows (the config's first, then oldest first); a one-off "
+        "window that has ended is not listed.",
+        ("read",),
+        responses={200: schemas.MaintenanceListOut, 401: _ERR, 403: _ERR, 404: _ERR},
+    ),
+    Route(
+        "POST",
+        MAINTENANCE,
+        maintenance.add_maintenance,
+        "Add a maintenance window: while it is active, the subjects it covers open no tickets.",
+        ("write",),
+        body=schemas.MaintenanceIn,
+        responses={201: schemas.MaintenanceWindowOut, **_WRITE_ERRORS},
+    ),
+    Route(
+        "DELETE",
+        MAINTENANCE + "/{id}",
+        maintenance.remove_maintenance,
+        "Remove a maintenance window the API or the CLI added (a config window: 409).",
+        ("write",),
+        responses={204: None, 401: _ERR, 403: _ERR, 404: _ERR, 409: _ERR},
     ),
     Route(
         "POST",

@@ -3,10 +3,21 @@ OpenAPI document and the tests' response checks are generated from them."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+)
 
+from tocsin.durations import parse_duration
+from tocsin.monitor.maintenance import MAX_REASON
 from tocsin.tickets.model import (
     MAX_DEDUP_KEY_LENGTH,
     MAX_KIND_LENGTH,
@@ -75,6 +86,72 @@ class EditIn(_Body):
     actor_name: ActorName | None = None
 
 
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}:\d{2})(?:\.(?P<fraction>\d{1,9}))?"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
+def parse_moment(value: object) -> datetime:
+    """An RFC 3339 date-time with its offset ("2026-12-24T18:00:00Z"); ValueError otherwise."""
+    example = "e.g. 2026-12-24T18:00:00Z"
+    if not isinstance(value, str) or (match := _RFC3339.fullmatch(value)) is None:
+        raise ValueError(f"not an RFC 3339 date-time, {example}")
+    offset = match["offset"]
+    if offset is None:
+        raise ValueError(f"needs a UTC offset, {example}")
+    fraction = (match["fraction"] or "0")[:6].ljust(6, "0")  # datetime keeps microseconds
+    zone = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        return datetime.fromisoformat(f"{match['date']}T{match['time']}.{fraction}{zone}")
+    except ValueError:
+        raise ValueError(f"not a valid date-time, {example}") from None
+
+
+def _duration_text(value: object) -> timedelta:
+    if not isinstance(value, str):
+        raise ValueError("a duration string such as '90m' or '2h'")
+    try:
+        return parse_duration(value)
+    except OverflowError:  # more days than a timedelta holds
+        raise ValueError("too long") from None
+
+
+Moment = Annotated[
+    datetime,
+    BeforeValidator(parse_moment),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+DurationText = Annotated[
+    timedelta,
+    BeforeValidator(_duration_text),
+    WithJsonSchema({"type": "string", "examples": ["90m", "2h", "1h30m", "1d"]}),
+]
+
+
+class MaintenanceIn(_Body):
+    """Add a maintenance window: exactly one of subject, space or labels; start and end, or
+    for (from now), or cron and duration."""
+
+    subject: str | None = Field(
+        None, description="The id of a device, integration or space of the org."
+    )
+    space: str | None = Field(None, description="A space id: the space and its devices.")
+    labels: dict[str, str] | None = Field(
+        None, description="The org's subjects carrying all these labels."
+    )
+    start: Moment | None = Field(None, description="RFC 3339 with an offset (give end too).")
+    end: Moment | None = Field(None, description="RFC 3339 with an offset, after start.")
+    for_: DurationText | None = Field(
+        None, alias="for", description='From now, for this long (instead of start and end): "2h".'
+    )
+    cron: str | None = Field(
+        None, description='Five crontab fields, UTC, e.g. "0 2 * * sun" (give duration too).'
+    )
+    duration: DurationText | None = Field(None, description="How long each occurrence lasts.")
+    reason: Annotated[str, Field(max_length=MAX_REASON)] = ""
+
+
 # -- responses ---------------------------------------------------------------------------------
 
 
@@ -141,3 +218,29 @@ class ErrorOut(_Out):
 class HealthOut(_Out):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = {}
+
+
+class MaintenanceWindowOut(_Out):
+    """A maintenance window: while active, the subjects it covers open no tickets."""
+
+    id: str = Field(description="\"config-N\" (the config file's) or the store's number.")
+    source: Literal["config", "api"]
+    subject: str | None
+    space: str | None
+    labels: dict[str, str] | None
+    start: str | None
+    end: str | None
+    cron: str | None
+    duration_seconds: float | None
+    reason: str
+    created_at: str | None
+    created_by: str | None
+    active: bool
+    until: str | None = Field(description="While active: when the current occurrence ends.")
+    next_start: str | None = Field(description="While not active: when it next starts (or null).")
+
+
+class MaintenanceListOut(_Out):
+    """The org's maintenance windows, config first, then oldest first."""
+
+    windows: list[MaintenanceWindowOut]

@@ -200,3 +200,22 @@ subject_states = Table(
     Column("state", JSON, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+
+maintenance_windows = Table(
+    "maintenance_windows",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("org", String(64), nullable=False),
+    Column("subject_id", String(128), nullable=True),
+    Column("space_id", String(128), nullable=True),
+    Column("labels", JSON, nullable=True),
+    Column("start_at", UTCDateTime, nullable=True),
+    Column("end_at", UTCDateTime, nullable=True),
+    Column("cron", String(200), nullable=True),
+    Column("duration_seconds", Integer, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String(200), nullable=True),
+    Index("ix_maintenance_windows_org_id", "org", "id"),
+)

@@ -1,19 +1,21 @@
 """The monitored subjects in the config: [[devices]], [[integrations]], [[spaces]],
-[[mqtt.brokers]], and each subject's overrides of the [monitor] windows."""
+[[mqtt.brokers]], [[maintenance]] windows, and each subject's overrides of the [monitor]
+windows."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType, UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tocsin.durations import Duration
+from tocsin.monitor.maintenance import Target, Window, WindowError
 from tocsin.probes.base import share_fields_set
 from tocsin.probes.credentials import CredentialCheckSpec
 from tocsin.probes.http import HttpSpec
@@ -178,6 +180,84 @@ class SpaceConfig(_Model):
         return SubjectKey(self.org, "space", self.id)
 
 
+class MaintenanceConfig(_Model):
+    """[[maintenance]]: a maintenance window. While it is active the subjects it covers open no
+    tickets (they are still probed): exactly one of subject, space or labels says which; start
+    and end (one-off) or cron and duration (recurring) say when."""
+
+    org: Annotated[str, Field(pattern=ORG_SLUG)]
+    """The slug of the org it belongs to."""
+    subject: Annotated[str, Field(pattern=SUBJECT_ID)] | None = None
+    """The id of one device, integration or space of the org (a space: only the space's own
+    group ticket; use `space` for its devices too)."""
+    space: Annotated[str, Field(pattern=SUBJECT_ID)] | None = None
+    """The id of a space of the org: covers the space and every device in it."""
+    labels: dict[str, str] | None = None
+    """Covers the org's subjects that carry all these labels, e.g. { rack = "A3" }."""
+    start: datetime | None = None
+    """When a one-off window starts: a TOML date-time with an offset, e.g.
+    2026-12-24T18:00:00Z (give end too)."""
+    end: datetime | None = None
+    """When a one-off window ends (after start, at most 366 days later)."""
+    cron: str | None = None
+    """A recurring window's starts: five crontab fields (minute hour day month weekday), UTC,
+    e.g. "0 2 * * sun" (give duration too)."""
+    duration: Duration | None = None
+    """How long each occurrence of a recurring window lasts (at most 366 days)."""
+    reason: Annotated[str, Field(max_length=500)] = ""
+    """Why, as people read it (at most 500 characters)."""
+
+    @model_validator(mode="after")
+    def _a_window(self) -> MaintenanceConfig:
+        try:
+            refuse_never_firing(self.window("config"))
+        except WindowError as exc:
+            raise ValueError(f"{exc.field}: {exc.message}") from None
+        return self
+
+    def window(self, window_id: str) -> Window:
+        """The window this entry defines, with id `window_id` (WindowError if it cannot be)."""
+        return Window(
+            id=window_id,
+            org=self.org,
+            target=Target(self.subject, self.space, self.labels),
+            reason=self.reason,
+            start=self.start,
+            end=self.end,
+            cron=self.cron,
+            duration=self.duration,
+            source="config",
+        )
+
+
+def refuse_never_firing(window: Window) -> Window:
+    """A recurring window whose cron never fires (e.g. "0 0 30 2 *") is refused (WindowError):
+    looking for its next start searches every year up to 9999, each time it is asked."""
+    if window.cron is not None and window.next_change(_EPOCH) is None:
+        raise WindowError("cron", f"{window.cron!r} never fires (no such date)")
+    return window
+
+
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class _WithMaintenance(Protocol):
+    @property
+    def maintenance(self) -> Sequence[MaintenanceConfig]: ...
+
+
+def config_windows(config: _WithMaintenance | Sequence[MaintenanceConfig]) -> list[Window]:
+    """The config's maintenance windows (a Config, or its `maintenance` list), in config order,
+    with ids "config-N": N counts that org's windows from 1."""
+    entries = config if isinstance(config, Sequence) else config.maintenance
+    counts: dict[str, int] = {}
+    windows: list[Window] = []
+    for entry in entries:
+        counts[entry.org] = n = counts.get(entry.org, 0) + 1
+        windows.append(entry.window(f"config-{n}"))
+    return windows
+
+
 @dataclass(frozen=True)
 class SpaceInfo:
     """A space of the config, declared in [[spaces]] or implied by a device's `space`."""
@@ -266,10 +346,12 @@ def cross_check(
     base_dir: Path | None,
     environ: Mapping[str, str],
     spaces: Sequence[SpaceConfig] = (),
+    maintenance: Sequence[MaintenanceConfig] = (),
 ) -> list[tuple[str, str]]:
     """Problems that span keys: unknown orgs and brokers, duplicate ids, a space id that is
-    also a device's or integration's, dangling depends_on and space parents, cycles,
-    unreadable files (secrets, CA files). Each as (key path, message); values never shown.
+    also a device's or integration's, dangling depends_on, space parents and maintenance
+    subjects, cycles, unreadable files (secrets, CA files). Each as (key path, message);
+    values never shown.
 
     Linear in the subjects, of which there may be 100,000: a key path is spelled only for a
     problem, and a file or variable that many subjects name is read once."""
@@ -336,6 +418,17 @@ def cross_check(
             else:
                 space_graph.setdefault((space.org, space.id), []).append((space.parent, path))
     problems += _cycles(space_graph)
+    for i, entry in enumerate(maintenance):
+        if entry.org not in orgs:
+            problems.append((f"maintenance[{i}].org", f"no org {entry.org!r} in [[orgs]]"))
+            continue
+        if entry.subject is not None:
+            known = (entry.org, entry.subject)
+            if known not in ids and known not in space_ids:
+                message = f"no subject {entry.subject!r} in the org"
+                problems.append((f"maintenance[{i}].subject", message))
+        if entry.space is not None and (entry.org, entry.space) not in space_ids:
+            problems.append((f"maintenance[{i}].space", f"no space {entry.space!r} in the org"))
     # (the spec's key path, as a template for its index; its index; the spec)
     specs: list[tuple[str, int, BaseModel]] = [
         ("mqtt.brokers[{}]", i, broker) for i, broker in enumerate(mqtt.brokers)
