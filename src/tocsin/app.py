@@ -59,6 +59,8 @@ class Daemon:
             self.store,
             ping=self.monitor.handle_ping,
             subjects=self.monitor.monitor.rows,
+            maintenance=self.monitor.monitor.maintenance.windows,
+            maintenance_changed=self.monitor.monitor.reload_maintenance,
             metrics=self.render_metrics,
             readiness=self.readiness,
         )

@@ -6,7 +6,7 @@ what a reload keeps of the running config."""
 from __future__ import annotations
 
 import base64
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -184,3 +184,25 @@ async def test_a_reload_adds_and_removes_spaces(db_url: str, store: TicketStore)
     assert changes["removed"] == ["acme/space/floor-1", "acme/space/floor-2"]
     assert not [key for key in monitor.monitor.subjects() if key.type == "space"]
     assert monitor.monitor.dependencies.parents(device) == ()
+
+
+async def test_a_reload_applies_the_configs_maintenance_windows(
+    db_url: str, store: TicketStore
+) -> None:
+    text = site(db_url, http=2, where="inline")
+    monitor = service.MonitorService(parse(text), store)
+    key = next(k for k in monitor.monitor.subjects() if k.id == "http-0")
+    assert monitor.monitor.maintenance_until(key) is None
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = (now - timedelta(hours=1)).isoformat(), (now + timedelta(days=1)).isoformat()
+    window = (
+        '\n[[maintenance]]\norg = "acme"\nsubject = "http-0"\nreason = "swap"\n'
+        f"start = {start}\nend = {end}\n"
+    )
+    await monitor.apply(parse(text + window))
+    assert [w.id for w in monitor.monitor.maintenance.windows("acme")] == ["config-1"]
+    assert monitor.monitor.maintenance_until(key) is not None
+    assert monitor.monitor.subjects()[key].state.held_by == "maintenance/config-1"
+    await monitor.apply(parse(text))
+    assert monitor.monitor.maintenance_until(key) is None
+    assert monitor.monitor.subjects()[key].state.held_by is None

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from tocsin.api.auth import authenticate, require
 from tocsin.api.context import API_CONTEXT
 from tocsin.monitor import states
+from tocsin.monitor.maintenance import HOLD_PREFIX
 from tocsin.tickets.model import rfc3339, ticket_url
 
 
@@ -36,9 +37,12 @@ class SubjectHealthOut(BaseModel):
     ticket_seq: int | None
     ticket_url: str | None
     no_ticket_because: str | None
-    """Why an unhealthy subject has no ticket of its own: "group #N" (its space's Multiple
-    devices offline ticket covers it; "group <space> forming" until that opens), "parent <id>"
-    (a parent it depends on is down); null otherwise."""
+    """Why an unhealthy subject has no ticket of its own: "maintenance until <time>" (a
+    maintenance window covers it), "group #N" (its space's Multiple devices offline ticket
+    covers it; "group <space> forming" until that opens), "parent <id>" (a parent it depends on
+    is down); null otherwise."""
+    maintenance_until: str | None
+    """In maintenance: when the window that holds it ends (it is probed, opens no ticket)."""
     updated_at: str
 
 
@@ -67,6 +71,7 @@ def subject_json(
         "ticket_seq": row.ticket_seq,
         "ticket_url": ticket_url(base_url, row.key.org, row.ticket_seq) if row.ticket_seq else None,
         "no_ticket_because": no_ticket_because(row, groups or {}),
+        "maintenance_until": rfc3339(row.maintenance_until) if row.maintenance_until else None,
         "updated_at": rfc3339(row.updated_at),
     }
 
@@ -77,6 +82,10 @@ def no_ticket_because(row: states.StateRow, groups: dict[str, int | None]) -> st
     held_by = row.state.get("held_by")
     if not held_by or row.ticket_seq is not None or row.health not in ("failing", "unreachable"):
         return None
+    if held_by.startswith(HOLD_PREFIX):
+        if row.maintenance_until is not None:
+            return f"maintenance until {rfc3339(row.maintenance_until)}"
+        return f"maintenance window {held_by.removeprefix(HOLD_PREFIX)}"
     if held_by in groups:  # a space: its group holds the device (a depends_on id names one)
         seq = groups[held_by]
         return f"group #{seq}" if seq is not None else f"group {held_by} forming"

@@ -92,6 +92,8 @@ def assess(
         held = state.held_by == space.id
         if health is SubjectHealth.UP or health is SubjectHealth.RECOVERING:
             continue
+        if state.held_by is not None and not held:
+            continue  # a parent or a maintenance window holds it: not this group's
         window = rules.window_for(windows)
         debounce = windows.debounce.total_seconds()
         since = state.since.mono if state.since is not None else now

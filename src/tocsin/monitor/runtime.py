@@ -31,8 +31,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from tocsin import logs
 from tocsin.db import schema
 from tocsin.db.writer import StoreClosed, StoreUnavailable
-from tocsin.monitor import groups, states
+from tocsin.monitor import groups, maintenance_store, states
 from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
+from tocsin.monitor.maintenance import HOLD_PREFIX, Maintenance, Window
+from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.parents import HOLDING, Dependencies, parent_key
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.errors import TicketError
@@ -86,6 +88,7 @@ _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
 _QUIET = {Reason.BECAME_UNKNOWN, Reason.PARENT_DOWN, Reason.SUPPRESSED_BY_PARENT}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
 _IN_CHUNKS = 500  # values per SQL IN list
+MAINTENANCE_POLL = 5.0  # s between reads of the store's maintenance windows
 
 HealthHook = Callable[[SubjectKey, SubjectHealth], None]
 
@@ -139,6 +142,14 @@ class HealthMonitor:
         self._review: set[SubjectKey] = set()
         self._said: dict[SubjectKey, tuple[int, float]] = {}
         self._group_due: dict[SubjectKey, float] = {}  # when to assess again, for time alone
+        # Maintenance windows: the config's and the store's (the API's and the CLI's, read
+        # every MAINTENANCE_POLL seconds), and the next moment one starts or ends.
+        self.maintenance = Maintenance()
+        self._config_windows: list[Window] = []
+        self._stored_windows: list[Window] = []
+        self._maintenance_next: datetime | None = None
+        self._maintenance_polled = float("-inf")
+        self._in_windows: frozenset[SubjectKey] = frozenset()  # subjects some window covers
         self._incident: dict[SubjectKey, dict[SubjectKey, None]] = {}
 
     # -- the subjects ------------------------------------------------------------------------
@@ -156,7 +167,13 @@ class HealthMonitor:
             (t for t in self._subjects.values() if t.key.org == org),
             key=lambda t: (t.key.type, t.key.id),
         )
-        return [_state_row(t.key, t.name, t.state, now) for t in tracked]
+        rows = [_state_row(t.key, t.name, t.state, now) for t in tracked]
+        return [
+            replace(row, maintenance_until=until)
+            if (until := self.maintenance_until(row.key)) is not None
+            else row
+            for row in rows
+        ]
 
     def configure(self, key: SubjectKey, name: str, windows: Windows) -> None:
         """Add a subject, or update the name and windows of one (its tracker state stays)."""
@@ -202,7 +219,11 @@ class HealthMonitor:
         if tracked is None:
             return
         current = tracked.state.held_by
-        holder = self.dependencies.holder(key, current, self._health_of)
+        window = self.maintenance.holding(key, now.wall) if key in self._in_windows else None
+        if window is not None:
+            holder: str | None = window.hold  # the reason shown: maintenance, until it ends
+        else:
+            holder = self.dependencies.holder(key, current, self._health_of)
         if holder != current:
             was = self._keys_of(key.org, current)
             self._lists.update(self._keys_of(key.org, current, holder))
@@ -228,6 +249,55 @@ class HealthMonitor:
         """The tracked parents these ids name."""
         keys = (parent_key(org, i, self._subjects) for i in ids if i is not None)
         return [key for key in keys if key is not None]
+
+    # -- maintenance windows -----------------------------------------------------------------
+
+    def set_maintenance(
+        self, subjects: Iterable[MaintenanceSubject], windows: Iterable[Window]
+    ) -> None:
+        """What windows may match (each subject's space and labels) and the config's windows;
+        the store's are read at `restore` and every MAINTENANCE_POLL seconds."""
+        self.maintenance.set_subjects(subjects)
+        self._config_windows = list(windows)
+        self._apply_windows(self.now())
+
+    async def reload_maintenance(self) -> None:
+        """Read the store's windows now (the API calls this after adding or removing one)."""
+        self._maintenance_polled = self._monotonic()
+        stored = await maintenance_store.load(self._store.database.read)
+        if stored != self._stored_windows:
+            self._stored_windows = stored
+            self._apply_windows(self.now())
+
+    def _apply_windows(self, now: Now) -> None:
+        """Windows changed: hold and release whom they cover from now."""
+        before = self._in_windows
+        self.maintenance.set_windows([*self._config_windows, *self._stored_windows])
+        self._in_windows = frozenset(self.maintenance.covered())
+        self._tell_maintenance(now, before | self._in_windows)
+
+    def _tell_maintenance(self, now: Now, keys: Iterable[SubjectKey]) -> None:
+        held = (
+            k for k, t in self._subjects.items() if (t.state.held_by or "").startswith(HOLD_PREFIX)
+        )
+        for key in {*keys, *held}:
+            self._tell(key, now)
+        self._maintenance_next = self.maintenance.next_change(now.wall)
+
+    async def _maintenance_tick(self) -> None:
+        """A window started or ended: tell whom it covers; every MAINTENANCE_POLL seconds,
+        windows the CLI added or removed."""
+        if self._monotonic() - self._maintenance_polled >= MAINTENANCE_POLL:
+            await self.reload_maintenance()
+        now = self.now()
+        if self._maintenance_next is not None and now.wall >= self._maintenance_next:
+            self._tell_maintenance(now, self._in_windows)
+
+    def maintenance_until(self, key: SubjectKey) -> datetime | None:
+        """When the maintenance window holding `key` now ends (None: none holds it)."""
+        if key not in self._in_windows:
+            return None
+        return self.maintenance.until(key, self._wall())
 
     # -- groups (Multiple devices offline) -------------------------------------------------
 
@@ -398,6 +468,9 @@ class HealthMonitor:
         if gone:
             await self._forget(gone)
         self._trigger_cursor = await self._last_trigger_id()
+        await self.reload_maintenance()
+        # Held by a window that ended while tocsin was stopped: released now.
+        self._tell_maintenance(now, self._in_windows)
 
     def _reconcile(
         self,
@@ -538,6 +611,7 @@ class HealthMonitor:
             self._pending.pop(tracked.key, None)
 
     async def housekeeping(self) -> None:
+        await self._maintenance_tick()
         await self._poll_people()
         await self._list_unreachable()
         await self.save()

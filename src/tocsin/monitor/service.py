@@ -22,6 +22,7 @@ from tocsin.monitor.config import (
     DeviceConfig,
     Subject,
     WindowOverrides,
+    config_windows,
     interval_for,
     members_of,
     spaces_of,
@@ -29,6 +30,7 @@ from tocsin.monitor.config import (
 )
 from tocsin.monitor.groups import GroupRules
 from tocsin.monitor.lag import LoopWatch
+from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.pulls import InlinePulls, PullRunner, PullSpec
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.worker import WorkerProcess, WorkerPulls, cpus
@@ -249,6 +251,13 @@ class MonitorService:
             if info.parent is not None:
                 wiring[key] = [info.parent]
         self.monitor.set_parents(wiring)
+        # What maintenance windows match on: ids, a device's space, labels.
+        matched = [
+            MaintenanceSubject(key, s.space if isinstance(s, DeviceConfig) else None, s.labels)
+            for key, s in self._subjects.items()
+        ]
+        matched += [MaintenanceSubject(k, None, info.labels) for k, info in spaces.items()]
+        self.monitor.set_maintenance(matched, config_windows(config))
 
     def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
         """A failing subject is looked at more often, until it is up or ticketed."""

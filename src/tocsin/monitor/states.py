@@ -30,6 +30,7 @@ class StateRow:
     last_result: dict[str, Any] | None
     state: dict[str, Any]  # the tracker's persisted form
     updated_at: datetime
+    maintenance_until: datetime | None = None  # live rows: the window holding it ends then
 
     def params(self) -> dict[str, Any]:
         return {
