@@ -294,10 +294,14 @@ async def test_the_monitor_loop_stops_when_cancelled_even_while_observations_pou
     running = asyncio.create_task(monitor.run())
 
     async def flood() -> None:
+        # 50 observations a millisecond. Not a busy loop with sleep(0): that holds the GIL but
+        # for Python's switch interval (5 ms) at a time, so the writer thread, which needs it
+        # back after every SQLite call, took 5-30 s for the stop's one-row save when this test
+        # ran alone - a starved thread, not a swallowed cancellation.
         while True:
             for _ in range(50):
                 monitor.observe(CAM, up())
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.001)
 
     flooding = asyncio.create_task(flood())
     try:
