@@ -75,6 +75,8 @@ def fleet_config(
         f"max_concurrency = {max_concurrency}",
         f"per_host_concurrency = {per_host}",
         f'pull_probes = "{pull_probes}"',
+        # Every injected failure is timed by its own ticket: no storm cap (200 fail at once).
+        "storm_limit = 0",
         "[[orgs]]",
         f'slug = "{ORG}"',
         'name = "Fleet benchmark"',

@@ -181,9 +181,10 @@ def storm_config(
     debounce: float,
     delivery: str = "auto",
     spaces: int = 0,
+    storm_limit: int = 0,
 ) -> str:
     """The daemon's config; with `spaces`, the MQTT devices in that many spaces, in blocks
-    (`space_of`)."""
+    (`space_of`); `storm_limit`: [monitor] storm_limit (0: no cap)."""
     digest = hashlib.sha256(TOKEN.encode()).hexdigest()
     lines = [
         "[server]",
@@ -195,6 +196,7 @@ def storm_config(
         'format = "json"',
         "[monitor]",
         f'debounce = "{debounce:g}s"',
+        f"storm_limit = {storm_limit}",
         "[[orgs]]",
         f'slug = "{ORG}"',
         'name = "Storm benchmark"',

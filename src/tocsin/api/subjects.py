@@ -13,6 +13,7 @@ from tocsin.api.auth import authenticate, require
 from tocsin.api.context import API_CONTEXT
 from tocsin.monitor import states
 from tocsin.monitor.maintenance import HOLD_PREFIX
+from tocsin.monitor.storm import STORM_HOLD, STORM_ID
 from tocsin.tickets.model import rfc3339, ticket_url
 
 
@@ -39,8 +40,9 @@ class SubjectHealthOut(BaseModel):
     no_ticket_because: str | None
     """Why an unhealthy subject has no ticket of its own: "maintenance until <time>" (a
     maintenance window covers it), "group #N" (its space's Multiple devices offline ticket
-    covers it; "group <space> forming" until that opens), "parent <id>" (a parent it depends on
-    is down); null otherwise."""
+    covers it; "group <space> forming" until that opens), "storm #N" (more tickets fell due
+    in a minute than [monitor] storm_limit: the org's storm ticket covers it), "parent <id>" (a
+    parent it depends on is down); null otherwise."""
     maintenance_until: str | None
     """In maintenance: when the window that holds it ends (it is probed, opens no ticket)."""
     updated_at: str
@@ -54,8 +56,13 @@ class SubjectListOut(BaseModel):
 
 
 def group_tickets(rows: list[states.StateRow]) -> dict[str, int | None]:
-    """Each space of these rows (one org's) with its open group ticket, or None."""
-    return {row.key.id: row.ticket_seq for row in rows if row.key.type == "space"}
+    """Each space of these rows (one org's) with its open group ticket, or None; and the
+    storm's (under STORM_HOLD)."""
+    found = {row.key.id: row.ticket_seq for row in rows if row.key.type == "space"}
+    for row in rows:
+        if row.key.type == "other" and row.key.id == STORM_ID:
+            found[STORM_HOLD] = row.ticket_seq
+    return found
 
 
 def subject_json(
@@ -86,6 +93,9 @@ def no_ticket_because(row: states.StateRow, groups: dict[str, int | None]) -> st
         if row.maintenance_until is not None:
             return f"maintenance until {rfc3339(row.maintenance_until)}"
         return f"maintenance window {held_by.removeprefix(HOLD_PREFIX)}"
+    if held_by == STORM_HOLD:
+        seq = groups.get(STORM_HOLD)
+        return f"storm #{seq}" if seq is not None else "storm"
     if held_by in groups:  # a space: its group holds the device (a depends_on id names one)
         seq = groups[held_by]
         return f"group #{seq}" if seq is not None else f"group {held_by} forming"

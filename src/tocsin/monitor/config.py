@@ -106,6 +106,10 @@ class MonitorDefaults(_Model):
     group_window: Duration | None = None
     """How close together the devices' tickets must be due to count as one incident; unset:
     monitor.debounce."""
+    storm_limit: Annotated[int, Field(ge=0, le=1_000_000)] = 50
+    """At most this many health-monitor tickets open per org per minute; past it, one
+    Multiple devices offline ticket for the org (subject other:storm) lists the subjects that
+    failed and takes the place of their tickets until the storm is over; 0: no cap."""
 
 
 class DeviceConfig(WindowOverrides):

@@ -71,9 +71,12 @@ def assess(
     rules: GroupRules,
     *,
     active: bool,
+    hold: str | None = None,
 ) -> Assessment:
     """The verdict on `space`'s members (each with its windows) at monotonic `now`; `active`:
-    the space's group is up (its ticket open, or it is failing or down)."""
+    the space's group is up (its ticket open, or it is failing or down); `hold`: the `held_by`
+    of the members it holds (default: the space's id)."""
+    hold = space.id if hold is None else hold
     confirmed = soon = size = 0
     offline: list[SubjectKey] = []
     covers: list[SubjectKey] = []
@@ -89,7 +92,7 @@ def assess(
     for state, windows in members:
         size += 1
         health = state.health
-        held = state.held_by == space.id
+        held = state.held_by == hold
         if health is SubjectHealth.UP or health is SubjectHealth.RECOVERING:
             continue
         if state.held_by is not None and not held:

@@ -36,6 +36,7 @@ from tocsin.monitor.applier import DecisionApplier, Outcome, Pending
 from tocsin.monitor.maintenance import HOLD_PREFIX, Maintenance, Window
 from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.parents import HOLDING, Dependencies, parent_key
+from tocsin.monitor.storm import STORM_HOLD, StormCap, storm_key
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.errors import TicketError
 from tocsin.tickets.model import Actor, ActorType, Kind, Source, State
@@ -88,6 +89,7 @@ _PENDING = {SubjectHealth.FAILING, SubjectHealth.RECOVERING}
 _QUIET = {Reason.BECAME_UNKNOWN, Reason.PARENT_DOWN, Reason.SUPPRESSED_BY_PARENT}
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
 _IN_CHUNKS = 500  # values per SQL IN list
+_STORM_RULES = groups.GroupRules(threshold=1)  # the storm's ticket: from its first subject
 MAINTENANCE_POLL = 5.0  # s between reads of the store's maintenance windows
 
 HealthHook = Callable[[SubjectKey, SubjectHealth], None]
@@ -150,6 +152,9 @@ class HealthMonitor:
         self._maintenance_next: datetime | None = None
         self._maintenance_polled = float("-inf")
         self._in_windows: frozenset[SubjectKey] = frozenset()  # subjects some window covers
+        # The storm cap: tickets due per org and minute; the subjects each org's storm holds.
+        self.storm = StormCap(0)
+        self._storm_members: dict[str, set[SubjectKey]] = {}
         self._incident: dict[SubjectKey, dict[SubjectKey, None]] = {}
 
     # -- the subjects ------------------------------------------------------------------------
@@ -164,7 +169,11 @@ class HealthMonitor:
         """The org's subjects as the subjects API shows them: live, not the last save."""
         now = self.now()
         tracked = sorted(
-            (t for t in self._subjects.values() if t.key.org == org),
+            (
+                t
+                for t in self._subjects.values()
+                if t.key.org == org and not (t.key.type == "other" and t.state == initial(t.key))
+            ),
             key=lambda t: (t.key.type, t.key.id),
         )
         rows = [_state_row(t.key, t.name, t.state, now) for t in tracked]
@@ -224,12 +233,15 @@ class HealthMonitor:
             holder: str | None = window.hold  # the reason shown: maintenance, until it ends
         else:
             holder = self.dependencies.holder(key, current, self._health_of)
+            if holder is None and self._storm_holds(key, current):
+                holder = STORM_HOLD
         if holder != current:
             was = self._keys_of(key.org, current)
             self._lists.update(self._keys_of(key.org, current, holder))
-            # A space that stops holding a device (its group never formed, or is over) lets it
-            # go on from where it is; a parent's devices start their debounce again.
-            restart = not (holder is None and was and was[0].type == "space")
+            # A space or the storm letting a device go (its group never formed, or is over)
+            # lets it go on from where it is; a parent's devices start their debounce again.
+            grouped = current == STORM_HOLD or bool(was and was[0].type == "space")
+            restart = not (holder is None and grouped)
             self._handle(tracked, ParentChanged(holder, restart), now)
 
     def _health_of(self, key: SubjectKey) -> SubjectHealth | None:
@@ -242,8 +254,61 @@ class HealthMonitor:
         return tracked.state.health
 
     def _holding(self, space: SubjectKey, state: SubjectState) -> bool:
-        """Does the space hold its devices: its group forming, failing, down or still open?"""
+        """Does the space hold its devices: its group forming, failing, down or still open?
+        (The storm subject: the storm on, or its ticket failing, down or open.)"""
+        if space.type == "other":
+            return self.storm.on(space.org) or state.ticket_open or state.health in HOLDING
         return space in self._gathering or state.ticket_open or state.health in HOLDING
+
+    # -- the storm cap ------------------------------------------------------------------------
+
+    def set_storm(self, limit: int, orgs: Iterable[str]) -> None:
+        """At most `limit` tickets a minute per org (0: no cap); each org's storm subject."""
+        self.storm.limit = limit
+        if limit:
+            for org in orgs:
+                key = storm_key(org)
+                if key not in self._subjects:  # saved, and listed, once a storm touches it
+                    self.configure(key, "Many subjects failing at once", self.default_windows)
+                    self._subjects[key].dirty = False
+
+    def _storm_holds(self, key: SubjectKey, current: str | None) -> bool:
+        """Does the org's storm hold `key`: on, or holding it still with its ticket up?"""
+        if key.type in ("space", "other") or storm_key(key.org) not in self._subjects:
+            return False
+        if self.storm.on(key.org):
+            return True
+        storm = self._subjects[storm_key(key.org)]
+        return current == STORM_HOLD and self._holding(storm.key, storm.state)
+
+    def _storm_started(self, org: str, now: Now) -> None:
+        """The org's tickets in the last minute reached the limit: hold its failing subjects."""
+        log.warning(
+            "storm: the ticket limit of the minute is reached; one ticket takes the place of "
+            "the rest until it is over",
+            org=org,
+            storm_limit=self.storm.limit,
+        )
+        failing = [
+            key
+            for key in self._pending
+            if key.org == org and self._subjects[key].state.health is SubjectHealth.FAILING
+        ]
+        for key in failing:
+            self._tell(key, now)
+        self._review.add(storm_key(org))
+
+    def _storm_check(self, now: Now) -> None:
+        """Storms over (fewer than the limit due in a minute): new failures open their own
+        tickets again; the storm's ticket keeps what it holds until they recover."""
+        for org in self.storm.ended(now.mono):
+            log.warning("storm over: failures open their own tickets again", org=org)
+            key = storm_key(org)
+            self._review.add(key)
+            tracked = self._subjects.get(key)
+            if tracked is not None and not self._holding(key, tracked.state):
+                for member in list(self._storm_members.get(org, ())):
+                    self._tell(member, now)
 
     def _keys_of(self, org: str, *ids: str | None) -> list[SubjectKey]:
         """The tracked parents these ids name."""
@@ -335,20 +400,25 @@ class HealthMonitor:
     def _assess(self, tracked: Tracked, now: Now, *, changed: bool) -> None:
         space, state = tracked.key, tracked.state
         health = state.health
-        members = [self._subjects[m] for m in self._members.get(space, ()) if m in self._subjects]
+        storm = space.type == "other"  # the org's storm: what it holds, one past its debounce
+        keys = self._storm_members.get(space.org, ()) if storm else self._members.get(space, ())
+        members = [self._subjects[m] for m in keys if m in self._subjects]
         active = state.ticket_open or state.health in HOLDING
         verdict = groups.assess(
             space,
             ((m.state, m.windows) for m in members),
             now.mono,
-            self.group_rules,
+            _STORM_RULES if storm else self.group_rules,
             active=active,
+            hold=STORM_HOLD if storm else None,
         )
         holding = self._holding(space, state)
         self._group_due.pop(space, None)
-        if verdict.gathering and verdict.due is not None:
+        if verdict.gathering and verdict.due is not None and not storm:
             self._group_due[space] = verdict.due
-        if verdict.gathering:
+        if storm:
+            pass
+        elif verdict.gathering:
             if space not in self._gathering:
                 log.info(
                     "devices of a space failing together: their group is forming",
@@ -378,8 +448,10 @@ class HealthMonitor:
             )
         ):
             self._handle(tracked, Observed(_group_observation(space, verdict)), now)
-        if self._holding(space, tracked.state) != holding and tracked.state.health is health:
-            for member in members:  # (a change of its health told them already)
+        if self._holding(space, tracked.state) != holding and (
+            storm or tracked.state.health is health
+        ):
+            for member in members:  # (a space's change of health told them already)
                 self._tell(member.key, now)
         state = tracked.state
         seq = state.ticket_seq
@@ -468,6 +540,10 @@ class HealthMonitor:
         if gone:
             await self._forget(gone)
         self._trigger_cursor = await self._last_trigger_id()
+        for key, tracked in self._subjects.items():  # what a storm's ticket still holds
+            if tracked.state.held_by == STORM_HOLD:
+                self._storm_members.setdefault(key.org, set()).add(key)
+                self._review.add(storm_key(key.org))
         await self.reload_maintenance()
         # Held by a window that ended while tocsin was stopped: released now.
         self._tell_maintenance(now, self._in_windows)
@@ -611,6 +687,7 @@ class HealthMonitor:
             self._pending.pop(tracked.key, None)
 
     async def housekeeping(self) -> None:
+        self._storm_check(self.now())
         await self._maintenance_tick()
         await self._poll_people()
         await self._list_unreachable()
@@ -656,6 +733,8 @@ class HealthMonitor:
         before = tracked.state
         is_parent = self.dependencies.has_children(tracked.key)
         held_as = _hold_class(self._health_of(tracked.key)) if is_parent else None
+        storm = tracked.key.type == "other"
+        storm_held = storm and self._holding(tracked.key, before)
         tracked.state, decisions = step(before, event, now, tracked.windows)
         after = tracked.state
         if after is not before:
@@ -667,13 +746,34 @@ class HealthMonitor:
                 tracked.dirty = True
             if is_parent and after.ticket_seq != before.ticket_seq:
                 self._lists.add(tracked.key)  # its ticket opened: list who it holds
-            if tracked.key.type == "space":
-                self._review.add(tracked.key)
+            key = tracked.key
+            if key.type == "space" or key.type == "other":
+                self._review.add(key)
+            if storm and self._holding(key, after) != storm_held:  # its ticket up, or over
+                for member in list(self._storm_members.get(key.org, ())):
+                    self._tell(member, now)
+            if after.held_by != before.held_by and STORM_HOLD in (after.held_by, before.held_by):
+                held = self._storm_members.setdefault(key.org, set())
+                if after.held_by == STORM_HOLD:
+                    held.add(key)
+                else:
+                    held.discard(key)
+                self._review.add(storm_key(key.org))
             if after.health is not before.health:
                 if self.on_health is not None:
                     self.on_health(tracked.key, after.health)
                 if (space := self._space_of.get(tracked.key)) is not None:
                     self._review.add(space)
+                if after.held_by == STORM_HOLD:
+                    self._review.add(storm_key(key.org))
+                    if after.health is SubjectHealth.UNREACHABLE:  # held in place of a ticket
+                        self.storm.due(key.org, now.mono)
+                elif (
+                    after.health is SubjectHealth.FAILING
+                    and after.held_by is None
+                    and self.storm.on(key.org)
+                ):
+                    self._tell(key, now)  # failing in a storm: the storm holds it
                 if is_parent and _hold_class(self._health_of(tracked.key)) != held_as:
                     for child in self.dependencies.children(tracked.key):
                         self._tell(child, now)
@@ -692,12 +792,16 @@ class HealthMonitor:
                 level = log.debug if quiet else log.info
                 level(decision.text, reason=decision.reason.value, **_context(tracked.key))
             else:
-                if isinstance(decision, OpenTicket) and tracked.key.type == "space":
+                opens = isinstance(decision, OpenTicket | ReopenTicket)
+                if isinstance(decision, OpenTicket) and tracked.key.type in ("space", "other"):
                     members = self._member_states(tracked.key)
                     decision = replace(
                         decision, description=text.with_members(decision.description, members)
                     )
                 self.applier.submit(Pending(tracked.key, tracked.name, decision, self._wall()))
+                storm = opens and tracked.key.type != "other"
+                if storm and self.storm.due(tracked.key.org, now.mono):
+                    self._storm_started(tracked.key.org, now)
         self._note_pending(tracked)
 
     def _applied(self, pending: Pending, outcome: Outcome, seq: int | None) -> None:
@@ -851,15 +955,18 @@ def _member_state(state: SubjectState, space: SubjectKey) -> str:
 
 def _group_observation(space: SubjectKey, verdict: groups.Assessment) -> Observation:
     count = len(verdict.offline) + len(verdict.covers)
+    what = "subjects failed in a storm" if space.type == "other" else "devices offline in space"
     return Observation(
         Health.UNHEALTHY,
-        f"{count} devices offline in space {space.id}",
+        f"{count} {what} {space.id}" if space.type != "other" else f"{count} {what}",
         kind_hint=Kind.MULTIPLE_DEVICES_OFFLINE.value,
         error_class="devices_offline",
     )
 
 
 def _group_recovered(space: SubjectKey) -> Observation:
+    if space.type == "other":
+        return Observation(Health.HEALTHY, "every subject of the storm is back")
     return Observation(Health.HEALTHY, f"every device of space {space.id} is back online")
 
 

@@ -241,6 +241,7 @@ class MonitorService:
         rules = GroupRules(defaults.group_threshold, defaults.group_threshold_percent, window)
         members = members_of(config.devices)
         self.monitor.set_spaces({k: s.name for k, s in spaces.items()}, members, rules)
+        self.monitor.set_storm(defaults.storm_limit, [org.slug for org in config.orgs])
         depends_on = {key: s.depends_on for key, s in self._subjects.items() if s.depends_on}
         known = {**self._subjects, **spaces}
         wiring = parents.resolve(depends_on, known)

@@ -32,6 +32,11 @@ def open_description(
     what = f"{subject.type} {_code(subject.id)}"
     if subject.type == "space":  # a group: its members' outages, not a probe of its own
         lines = [f"**{kind_display(kind)}**: devices of {what} went offline together."]
+    elif subject.type == "other":  # the org's storm
+        lines = [
+            f"**{kind_display(kind)}**: more tickets fell due within a minute than the storm "
+            "limit allows; this ticket takes the place of those listed below."
+        ]
     else:
         lines = [f"**{kind_display(kind)}**: {what} is failing its health probe."]
     lines += ["", *_failure_facts(last_failure(recent))]
