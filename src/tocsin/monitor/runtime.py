@@ -163,17 +163,15 @@ class HealthMonitor:
         return Now(self._monotonic(), self._wall())
 
     def subjects(self) -> dict[SubjectKey, Tracked]:
-        return dict(self._subjects)
+        """Every subject, but an org's storm subject until a storm touches it (it is not
+        counted, shown or measured before: nothing of the site's own)."""
+        return {k: t for k, t in self._subjects.items() if _listed(t)}
 
     def rows(self, org: str) -> list[states.StateRow]:
         """The org's subjects as the subjects API shows them: live, not the last save."""
         now = self.now()
         tracked = sorted(
-            (
-                t
-                for t in self._subjects.values()
-                if t.key.org == org and not (t.key.type == "other" and t.state == initial(t.key))
-            ),
+            (t for t in self._subjects.values() if t.key.org == org and _listed(t)),
             key=lambda t: (t.key.type, t.key.id),
         )
         rows = [_state_row(t.key, t.name, t.state, now) for t in tracked]
@@ -926,6 +924,11 @@ class HealthMonitor:
         for tracked, (_, _, state) in zip(dirty, taken, strict=True):
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
+
+
+def _listed(tracked: Tracked) -> bool:
+    """Shown and counted: any subject but a storm subject no storm has touched yet."""
+    return tracked.key.type != "other" or tracked.state != initial(tracked.key)
 
 
 def _hold_class(health: SubjectHealth | None) -> str:
