@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from tests.conftest import Api, config_text
 from tocsin.cli import main
+from tocsin.monitor.maintenance import Subject, Target, Window
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.probes.push import PushRegistry, PushSpec
@@ -119,3 +121,51 @@ probe = { type = "push", timeout = "26h" }
         main, ["ping-url", "nope", "--config", str(config), "--org", "acme"]
     )
     assert missing.exit_code == 2
+
+
+async def test_the_cli_says_until_when_a_maintenance_window_holds_a_subject(
+    store: TicketStore, db_url: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = now - timedelta(hours=1), now + timedelta(hours=3)
+    window = Window(
+        id="config-1",
+        org="acme",
+        target=Target(subject="cam-1"),
+        start=start,
+        end=end,
+        source="config",
+    )
+    monitor = HealthMonitor(store)  # the real clocks: the CLI reads the wall clock
+    monitor.configure(CAM, "Lobby camera", Windows(debounce=timedelta(0)))
+    monitor.set_maintenance([Subject(CAM)], [window])
+    await monitor.restore()
+    await monitor.handle_observation(CAM, FAILED)
+    await monitor.tick()  # past its debounce (none): unreachable, held by the window
+    await monitor.save(force=True)
+    config = tmp_path / "tocsin.toml"
+    config.write_text(
+        config_text(
+            db_url,
+            extra=f"""
+[[devices]]
+org = "acme"
+id = "cam-1"
+name = "Lobby camera"
+probe = {{ type = "http", url = "http://127.0.0.1:9/" }}
+[[maintenance]]
+org = "acme"
+subject = "cam-1"
+start = {start.isoformat()}
+end = {end.isoformat()}
+""",
+        )
+    )
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["subjects", "--config", str(config), "--org", "acme", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    [row] = [r for r in json.loads(result.output) if r["subject"]["id"] == "cam-1"]
+    assert row["health"] == "unreachable"
+    assert row["maintenance_until"] == end.isoformat().replace("+00:00", ".000Z")
+    assert row["no_ticket_because"] == f"maintenance until {row['maintenance_until']}"

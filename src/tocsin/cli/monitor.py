@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -20,9 +22,16 @@ from tocsin.cli.base import (
     resolve_org,
     with_database,
 )
+from tocsin.config import Settings
 from tocsin.db import migrate
 from tocsin.db.engine import Database
-from tocsin.monitor import states
+from tocsin.monitor import maintenance_store, states
+from tocsin.monitor.config import (
+    config_windows,
+    maintenance_subjects,
+    spaces_of,
+)
+from tocsin.monitor.maintenance import Maintenance, Window
 from tocsin.monitor.service import push_secret
 from tocsin.probes.push import PushRegistry, PushSpec
 
@@ -41,7 +50,9 @@ def subjects_command(config_path: Path, org: str | None, as_json: bool) -> None:
     async def read(database: Database) -> list[states.StateRow]:
         if not await migrate.is_current(database):
             fail("the database schema is not current: run `tocsin db upgrade` first", 1)
-        return await states.load(database.read, slug)
+        rows = await states.load(database.read, slug)
+        stored = await maintenance_store.load(database.read, slug)
+        return with_maintenance(settings, rows, [*config_windows(settings.config), *stored])
 
     rows = with_database(settings, read)
     base = settings.config.server.base_url
@@ -85,3 +96,22 @@ def ping_url(config_path: Path, org: str | None, device_id: str) -> None:
         device.key, device.probe, now_mono=0.0, base_dir=settings.base_dir, environ=settings.environ
     )
     click.echo(f"{settings.config.server.base_url}/ping/{key}")
+
+
+def with_maintenance(
+    settings: Settings, rows: list[states.StateRow], windows: list[Window]
+) -> list[states.StateRow]:
+    """The saved rows with `maintenance_until` for those a window holds now, as the daemon's
+    live rows have it (the saved state knows the window's id, not when it ends)."""
+    config = settings.config
+    registry = Maintenance()
+    spaces = spaces_of(config.spaces, config.devices)
+    registry.set_subjects(maintenance_subjects(config.devices, config.integrations, spaces))
+    registry.set_windows(windows)
+    now = datetime.now(UTC)
+    return [
+        replace(row, maintenance_until=until)
+        if (until := registry.until(row.key, now)) is not None
+        else row
+        for row in rows
+    ]

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origi
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tocsin.durations import Duration
+from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.maintenance import Target, Window, WindowError
 from tocsin.probes.base import share_fields_set
 from tocsin.probes.credentials import CredentialCheckSpec
@@ -543,3 +544,15 @@ def _may_hold_model(annotation: Any) -> bool:
     if origin in (Union, UnionType):
         return any(_may_hold_model(member) for member in get_args(annotation))
     return False
+
+
+def maintenance_subjects(
+    devices: Iterable[DeviceConfig],
+    integrations: Iterable[IntegrationConfig],
+    spaces: Mapping[SubjectKey, SpaceInfo],
+) -> list[MaintenanceSubject]:
+    """What maintenance windows match on, for every subject: its id, a device's space, labels."""
+    matched = [MaintenanceSubject(d.key, d.space, d.labels) for d in devices]
+    matched += [MaintenanceSubject(i.key, None, i.labels) for i in integrations]
+    matched += [MaintenanceSubject(key, None, info.labels) for key, info in spaces.items()]
+    return matched

@@ -24,13 +24,13 @@ from tocsin.monitor.config import (
     WindowOverrides,
     config_windows,
     interval_for,
+    maintenance_subjects,
     members_of,
     spaces_of,
     windows_for,
 )
 from tocsin.monitor.groups import GroupRules
 from tocsin.monitor.lag import LoopWatch
-from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.pulls import InlinePulls, PullRunner, PullSpec
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.worker import WorkerProcess, WorkerPulls, cpus
@@ -252,12 +252,7 @@ class MonitorService:
             if info.parent is not None:
                 wiring[key] = [info.parent]
         self.monitor.set_parents(wiring)
-        # What maintenance windows match on: ids, a device's space, labels.
-        matched = [
-            MaintenanceSubject(key, s.space if isinstance(s, DeviceConfig) else None, s.labels)
-            for key, s in self._subjects.items()
-        ]
-        matched += [MaintenanceSubject(k, None, info.labels) for k, info in spaces.items()]
+        matched = maintenance_subjects(config.devices, config.integrations, spaces)
         self.monitor.set_maintenance(matched, config_windows(config))
 
     def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
