@@ -236,3 +236,25 @@ async def test_a_subject_of_another_space_is_not_held(tickets: TicketStore, cloc
     await run_for(monitor, clocks, 180, seen)
     assert sorted(await tickets_by_subject(tickets)) == ["door-1", SPACE.id]
     assert timedelta(0) < WINDOWS.debounce
+
+
+async def test_a_restart_keeps_the_devices_already_back_on_the_list(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 30, dict.fromkeys(CAMS, up()))
+    outage = dict.fromkeys(CAMS, OFFLINE)
+    await run_for(monitor, clocks, 180, outage)
+    seq = await group_ticket(tickets)
+    outage[CAMS[0]] = up()
+    await run_for(monitor, clocks, 20, outage)
+    ticket, _ = await tickets.get("acme", seq)
+    assert f"{MEMBERS_HEADING} (10, 9 still offline)" in ticket.description
+    await monitor.save(force=True)
+
+    clocks.advance(30)
+    again = await new_monitor(tickets, clocks)
+    await run_for(again, clocks, 300, outage)
+    ticket, _ = await tickets.get("acme", seq)
+    assert f"{MEMBERS_HEADING} (10, 9 still offline)" in ticket.description
+    assert "- `cam-1`: back online" in ticket.description

@@ -6,11 +6,14 @@ from tests.tracker.helpers import DEVICE, INTEGRATION, at, bad, ok
 from tocsin.probes.observation import Health, Observation
 from tocsin.tracker import ProbeResult, Reason, text
 from tocsin.tracker.text import (
+    BACK_ONLINE,
     describe,
     escape,
+    members_listed,
     open_description,
     recovery_comment,
     reopen_comment,
+    with_members,
 )
 
 
@@ -110,3 +113,11 @@ def test_the_unreachable_section_is_replaced_not_appended() -> None:
     many = text.with_unreachable(base, [f"d{n:03}" for n in range(205)])
     assert many.endswith("`d199` and 5 more")
     assert "(205)" in many
+
+
+def test_the_members_a_description_lists_are_read_back() -> None:
+    members = [(f"cam-{n}", "offline" if n % 2 else BACK_ONLINE) for n in range(5)]
+    described = with_members("**Multiple devices offline**: ...\n\nA person's note.", members)
+    assert members_listed(described) == [f"cam-{n}" for n in range(5)]
+    assert members_listed("no list here") == []
+    assert members_listed(with_members("x", [])) == []

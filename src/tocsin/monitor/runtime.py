@@ -90,6 +90,7 @@ _QUIET = {Reason.BECAME_UNKNOWN, Reason.PARENT_DOWN, Reason.SUPPRESSED_BY_PARENT
 _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Reason.FAILED_AGAIN}
 _IN_CHUNKS = 500  # values per SQL IN list
 _STORM_RULES = groups.GroupRules(threshold=1)  # the storm's ticket: from its first subject
+_STORMED = ("device", "integration")  # what a storm may hold
 MAINTENANCE_POLL = 5.0  # s between reads of the store's maintenance windows
 
 HealthHook = Callable[[SubjectKey, SubjectHealth], None]
@@ -542,9 +543,42 @@ class HealthMonitor:
             if tracked.state.held_by == STORM_HOLD:
                 self._storm_members.setdefault(key.org, set()).add(key)
                 self._review.add(storm_key(key.org))
+        await self._restore_incidents(read)
         await self.reload_maintenance()
         # Held by a window that ended while tocsin was stopped: released now.
         self._tell_maintenance(now, self._in_windows)
+
+    async def _restore_incidents(self, engine: Any) -> None:
+        """The devices each open group or storm ticket listed (those back online too): its
+        list goes on from there, none dropped by a restart."""
+        open_groups = {
+            (key.org, tracked.state.ticket_seq): key
+            for key, tracked in self._subjects.items()
+            if key.type in ("space", "other") and tracked.state.ticket_open
+        }
+        if not open_groups:
+            return
+        T = schema.tickets
+        found: dict[tuple[str, int | None], str] = {}
+        async with engine.connect() as conn:
+            for org in {org for org, _ in open_groups}:
+                seqs = [seq for o, seq in open_groups if o == org and seq is not None]
+                for chunk in _chunks(seqs, _IN_CHUNKS):
+                    statement = select(T.c.seq, T.c.description).where(
+                        T.c.org == org, T.c.seq.in_(chunk)
+                    )
+                    for row in (await conn.execute(statement)).all():
+                        found[(org, row.seq)] = row.description
+        for (org, seq), key in open_groups.items():
+            ids = set(text.members_listed(found.get((org, seq), "")))
+            candidates = (
+                self._members.get(key, ())
+                if key.type == "space"
+                else [k for k in self._subjects if k.org == org and k.type in _STORMED]
+            )
+            listed = [member for member in candidates if member.id in ids]
+            if listed:
+                self._incident[key] = dict.fromkeys(listed)
 
     def _reconcile(
         self,

@@ -266,6 +266,21 @@ def with_members(description: str, members: Sequence[tuple[str, str]]) -> str:
     return f"{base}\n\n{section}" if base else section
 
 
+def members_listed(description: str) -> list[str]:
+    """The ids `with_members` listed in this description (for a restart: the incident's
+    devices, those back online included)."""
+    _, found, section = description.partition(MEMBERS_HEADING)
+    if not found:
+        return []
+    listed = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("- `") and "`: " in line:
+            listed.append(line[3:].split("`: ", 1)[0])
+        elif line.startswith("- and ") or (line and not line.startswith("- ")):
+            break
+    return listed
+
+
 def kind_display(kind: str) -> str:
     return Kind(kind).display if kind in Kind.__members__.values() else kind
 
