@@ -6,7 +6,9 @@ A device outside the space is not held."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,55 @@ async def test_a_window_on_a_space_holds_its_devices_and_releases_them_at_its_en
                 daemon, "DELETE", f"/api/v1/orgs/acme/maintenance/{window['id']}"
             )
             assert status == 204
+        finally:
+            if daemon.process is not None and daemon.process.poll() is None:
+                assert daemon.stop() == 0
+
+
+async def test_a_reload_adds_spaces_and_windows_and_takes_them_away(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """SIGHUP with a [[spaces]] and a [[maintenance]] added, then without them: each applies
+    at once, without a restart."""
+    async with receiver() as hooks:
+        port = free_port()
+        path = write_config(tmp_path, port, mosquitto, hooks.url)
+        plain = path.read_text().replace('space = "lobby"\n', "")
+        path.write_text(plain)
+        daemon = Daemon(path, port)
+        await daemon.start()
+        try:
+            found = await subjects(daemon)
+            assert "lobby" not in found
+            start = (datetime.now(UTC) - timedelta(minutes=5)).replace(microsecond=0)
+            end = start + timedelta(hours=2)
+            path.write_text(
+                plain.replace('name = "door-1"\n', 'name = "door-1"\nspace = "hall"\n')
+                + '\n[[spaces]]\norg = "acme"\nid = "hall"\nname = "Entrance hall"\n'
+                + '\n[[maintenance]]\norg = "acme"\nspace = "hall"\nreason = "painting"\n'
+                + f"start = {start.isoformat()}\nend = {end.isoformat()}\n"
+            )
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGHUP)
+            found = await eventually(
+                lambda: subjects(daemon),
+                lambda s: "hall" in s and s["door-1"]["maintenance_until"] is not None,
+                what="the space and its window applied",
+            )
+            assert found["hall"]["subject"]["name"] == "Entrance hall"
+            status, listed = await call(daemon, "GET", "/api/v1/orgs/acme/maintenance")
+            assert status == 200
+            assert [w["id"] for w in listed["windows"]] == ["config-1"]
+
+            path.write_text(plain)
+            daemon.process.send_signal(signal.SIGHUP)
+            await eventually(
+                lambda: subjects(daemon),
+                lambda s: "hall" not in s and s["door-1"]["maintenance_until"] is None,
+                what="the space and its window gone",
+            )
+            status, listed = await call(daemon, "GET", "/api/v1/orgs/acme/maintenance")
+            assert listed["windows"] == []
         finally:
             if daemon.process is not None and daemon.process.poll() is None:
                 assert daemon.stop() == 0
