@@ -26,7 +26,7 @@ from tocsin.api.query import whole_number
 from tocsin.api.schemas import MaintenanceIn
 from tocsin.monitor import maintenance_store
 from tocsin.monitor.config import refuse_never_firing
-from tocsin.monitor.maintenance import MAX_DURATION, Target, Window, WindowError
+from tocsin.monitor.maintenance import MAX_DURATION, Target, Window, WindowError, utc_text
 
 log = structlog.get_logger("tocsin.api")
 
@@ -49,19 +49,15 @@ def _caller(request: web.Request, needs: frozenset[str]) -> tuple[ApiContext, st
     return context, org, token.name
 
 
-def _text(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def window_json(window: Window, now: datetime) -> dict[str, Any]:
     """The window as the API (and `tocsin maintenance --json`) shows it: its fields, `active`,
     `until` (the end of the occurrence covering `now`) and `next_start` (when not active)."""
     occurrence = window.occurrence(now)
     body = window.to_json()
     body["active"] = occurrence is not None
-    body["until"] = _text(occurrence[1]) if occurrence is not None else None
+    body["until"] = utc_text(occurrence[1]) if occurrence is not None else None
     # Outside an occurrence the next change is the next start (None: it never starts again).
-    body["next_start"] = None if occurrence is not None else _text(window.next_change(now))
+    body["next_start"] = None if occurrence is not None else utc_text(window.next_change(now))
     return body
 
 

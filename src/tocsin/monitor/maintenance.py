@@ -124,12 +124,12 @@ class Window:
             "subject": self.target.subject,
             "space": self.target.space,
             "labels": dict(self.target.labels) if self.target.labels else None,
-            "start": _text(self.start),
-            "end": _text(self.end),
+            "start": utc_text(self.start),
+            "end": utc_text(self.end),
             "cron": self.cron,
             "duration_seconds": None if self.duration is None else self.duration.total_seconds(),
             "reason": self.reason,
-            "created_at": _text(self.created_at),
+            "created_at": utc_text(self.created_at),
             "created_by": self.created_by,
         }
 
@@ -177,7 +177,8 @@ def check(window: Window) -> None:
 _ID = re.compile(r"^[^\s/][^/]{0,127}$")
 
 
-def _text(moment: datetime | None) -> str | None:
+def utc_text(moment: datetime | None) -> str | None:
+    """A moment as RFC 3339 UTC with a Z, as the API shows windows."""
     return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 

@@ -91,6 +91,7 @@ _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Re
 _IN_CHUNKS = 500  # values per SQL IN list
 _STORM_RULES = groups.GroupRules(threshold=1)  # the storm's ticket: from its first subject
 _STORMED = ("device", "integration")  # what a storm may hold
+_BACK_OR_UNSEEN = (SubjectHealth.RECOVERING, SubjectHealth.UNKNOWN)  # a group relapses from
 MAINTENANCE_POLL = 5.0  # s between reads of the store's maintenance windows
 
 HealthHook = Callable[[SubjectKey, SubjectHealth], None]
@@ -200,9 +201,9 @@ class HealthMonitor:
         members: Mapping[SubjectKey, Sequence[SubjectKey]],
         rules: groups.GroupRules,
     ) -> None:
-        """The spaces (key -> name), tracked as subjects, and their devices; then `set_parents`
-        with each device's space among its parents. Spaces gone from `spaces` are `remove`d
-        by the caller."""
+        """The spaces (key -> name), tracked as subjects, and their devices. The caller then
+        gives `set_parents` each device's space among its parents, and `remove`s spaces gone
+        from `spaces`."""
         self.group_rules = rules
         for key, name in spaces.items():
             self.configure(key, name, self.default_windows)
@@ -374,7 +375,7 @@ class HealthMonitor:
         spaces = review
         if timed and self._group_due:
             due = {space for space, at in self._group_due.items() if at <= now.mono}
-            spaces = review | (due & self._members.keys())
+            spaces = review | due  # spaces and storm subjects (removed ones are skipped)
             for space in due:
                 del self._group_due[space]
         for space in sorted(spaces, key=self._depth):
@@ -413,11 +414,9 @@ class HealthMonitor:
         )
         holding = self._holding(space, state)
         self._group_due.pop(space, None)
-        if verdict.gathering and verdict.due is not None and not storm:
-            self._group_due[space] = verdict.due
-        if storm:
-            pass
-        elif verdict.gathering:
+        if not storm and verdict.gathering:  # (the storm holds by its cap, not by gathering)
+            if verdict.due is not None:
+                self._group_due[space] = verdict.due
             if space not in self._gathering:
                 log.info(
                     "devices of a space failing together: their group is forming",
@@ -425,7 +424,7 @@ class HealthMonitor:
                     **_context(space),
                 )
             self._gathering.add(space)
-        else:
+        elif not storm:
             self._gathering.discard(space)
         if verdict.forms:
             self._incident[space] = dict.fromkeys([*verdict.offline, *verdict.covers])
@@ -437,15 +436,7 @@ class HealthMonitor:
         elif active and verdict.healthy and state.health is not SubjectHealth.RECOVERING:
             if state.health is not SubjectHealth.UP:
                 self._handle(tracked, Observed(_group_recovered(space)), now)
-        elif (
-            active
-            and verdict.offline
-            and state.health
-            in (
-                SubjectHealth.RECOVERING,
-                SubjectHealth.UNKNOWN,
-            )
-        ):
+        elif active and verdict.offline and state.health in _BACK_OR_UNSEEN:
             self._handle(tracked, Observed(_group_observation(space, verdict)), now)
         if self._holding(space, tracked.state) != holding and (
             storm or tracked.state.health is health
@@ -484,7 +475,7 @@ class HealthMonitor:
             tracked = self._subjects.get(member)
             if tracked is None:
                 continue
-            listed.append((member.id, _member_state(tracked.state, space)))
+            listed.append((member.id, _member_state(tracked.state)))
         return listed
 
     async def remove(self, *keys: SubjectKey) -> None:
@@ -831,8 +822,8 @@ class HealthMonitor:
                         decision, description=text.with_members(decision.description, members)
                     )
                 self.applier.submit(Pending(tracked.key, tracked.name, decision, self._wall()))
-                storm = opens and tracked.key.type != "other"
-                if storm and self.storm.due(tracked.key.org, now.mono):
+                counted = opens and tracked.key.type != "other"  # the storm's own is not
+                if counted and self.storm.due(tracked.key.org, now.mono):
                     self._storm_started(tracked.key.org, now)
         self._note_pending(tracked)
 
@@ -979,7 +970,7 @@ def _with_lists(description: str, members: list[tuple[str, str]], children: list
     return text.with_unreachable(text.with_members(description, members), children)
 
 
-def _member_state(state: SubjectState, space: SubjectKey) -> str:
+def _member_state(state: SubjectState) -> str:
     health = state.health
     if health is SubjectHealth.UP or health is SubjectHealth.RECOVERING:
         return text.BACK_ONLINE
@@ -992,10 +983,13 @@ def _member_state(state: SubjectState, space: SubjectKey) -> str:
 
 def _group_observation(space: SubjectKey, verdict: groups.Assessment) -> Observation:
     count = len(verdict.offline) + len(verdict.covers)
-    what = "subjects failed in a storm" if space.type == "other" else "devices offline in space"
+    if space.type == "other":
+        detail = f"{count} subjects failed in a storm"
+    else:
+        detail = f"{count} devices offline in space {space.id}"
     return Observation(
         Health.UNHEALTHY,
-        f"{count} {what} {space.id}" if space.type != "other" else f"{count} {what}",
+        detail,
         kind_hint=Kind.MULTIPLE_DEVICES_OFFLINE.value,
         error_class="devices_offline",
     )
