@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from paho.mqtt import client as paho_client
 from pydantic import ValidationError
 
 from tests.peers import Mosquitto, binary, free_port
+from tocsin.probes import mqtt
 from tocsin.probes.base import ProbeContext
 from tocsin.probes.mqtt import Arrivals, BrokerMonitor, BrokerSpec, DiscoverySpec, MqttProbeSpec
 from tocsin.probes.observation import Health, Observation, SubjectKey
@@ -658,14 +660,49 @@ async def test_a_burst_handled_slowly_is_timed_when_it_reached_the_host(
 ) -> None:
     """1,000 devices go offline at once while handling each message takes 2 ms (a busy
     loop): the last is handled over a second after the broker had it, yet timed then."""
-    count = 1000
-    keys = {SubjectKey("acme", "device", f"d{i}"): f"burst/d{i}/status" for i in range(count)}
+    await _burst_timed_on_arrival(mosquitto, tmp_path, "burst/d{}/status", 1000, 0.002)
+
+
+async def test_a_burst_larger_than_a_new_connections_window_is_timed_on_arrival(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """6,000 offline messages (~280 KB) are more than a fresh TCP connection's 128 KB window:
+    unless the monitor's socket takes them all, the broker keeps the rest until the busy loop
+    reads, and they are timed that late (the 20,000-device storm: 3-4 s)."""
+    topic = "site-a/building-north/floor-3/device-{:05}/status"
+    await _burst_timed_on_arrival(mosquitto, tmp_path, topic, 6000, 0.0002)
+
+
+def test_a_broker_connection_asks_for_a_wide_receive_buffer(tmp_path: Path) -> None:
+    limit = tmp_path / "rmem_max"
+    for rmem_max, wanted in ((8 << 20, mqtt.RECEIVE_BUFFER), (1 << 20, 1 << 20)):
+        limit.write_text(f"{rmem_max}\n")
+        with socket.socket() as sock, pytest.MonkeyPatch.context() as patch:
+            patch.setattr(mqtt, "RMEM_MAX", str(limit))
+            mqtt._widen_receive_buffer(sock)
+            # Linux doubles what is asked (bookkeeping), capped by the real rmem_max.
+            real_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= min(wanted, real_max)
+    limit.write_text("4096\n")  # smaller than what the kernel gives: left alone (it grows)
+    with socket.socket() as sock, pytest.MonkeyPatch.context() as patch:
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        patch.setattr(mqtt, "RMEM_MAX", str(limit))
+        mqtt._widen_receive_buffer(sock)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == before
+
+
+async def _burst_timed_on_arrival(
+    mosquitto: Mosquitto, tmp_path: Path, topic: str, count: int, cost: float
+) -> None:
+    """`count` devices publish 'offline' at once while handling each message takes `cost`
+    seconds: every message is timed within 0.3 s of when the broker had them all."""
+    keys = {SubjectKey("acme", "device", f"d{i}"): topic.format(i) for i in range(count)}
     handled: list[tuple[float, float | None]] = []  # (handled at, timed at)
 
     def sink(key: SubjectKey, observation: Observation, at: float | None = None) -> None:
         if key in keys and not observation.healthy:
             handled.append((time.monotonic(), at))
-            time.sleep(0.002)
+            time.sleep(cost)
 
     monitor = BrokerMonitor(
         broker_spec(mosquitto),
@@ -682,7 +719,7 @@ async def test_a_burst_handled_slowly_is_timed_when_it_reached_the_host(
             for topic in keys.values():  # QoS 0: the broker sends them on without waiting
                 client.publish(topic, "offline", qos=0)
             # The broker takes a client's packets in order: once it acknowledges this one, it
-            # has sent every message above to the monitor.
+            # has sent every message above to the monitor (or holds them for it).
             client.publish("burst/sent", "1", qos=1).wait_for_publish(WAIT)
             return time.monotonic()
         finally:

@@ -437,6 +437,8 @@ class _Discovery:
 
 READ_BURST = 512  # MQTT packets read in one wake-up of the socket, at most
 MARK_EVERY = 16  # packets between two looks at what the kernel holds (see Arrivals)
+RECEIVE_BUFFER = 4 << 20  # bytes the kernel may hold for a broker connection (~100,000 messages)
+RMEM_MAX = "/proc/sys/net/core/rmem_max"
 
 
 class Arrivals:
@@ -467,6 +469,23 @@ class Arrivals:
         while marks and marks[0][0] < self.consumed:
             marks.popleft()
         return marks[0][1] if marks else None
+
+
+def _widen_receive_buffer(sock: socket.socket) -> None:
+    """Let the kernel take a burst (20,000 devices going offline at once) as the broker sends
+    it, so Arrivals times each message by when it came, not by when the loop got to it.
+
+    A TCP connection starts with a 128 KB window (net.ipv4.tcp_rmem) that grows only while the
+    reader keeps up; past it the burst waits in the broker, unseen and untimed. A fixed
+    RECEIVE_BUFFER (the kernel caps it at net.core.rmem_max) is set only where it is larger
+    than what the socket has: setting it turns off that growth."""
+    try:
+        with open(RMEM_MAX) as f:
+            size = min(RECEIVE_BUFFER, int(f.read()))
+        if size > sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except (OSError, ValueError):
+        pass  # no /proc (not Linux) or an odd socket: the kernel's defaults stand
 
 
 def _queued(fileno: int) -> int:
@@ -528,6 +547,7 @@ class _DrainingClient(aiomqtt.Client):
 
     def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
         arrivals = self._arrivals = Arrivals()
+        _widen_receive_buffer(sock)
         # Plain TCP only: through TLS the kernel's byte count is not paho's.
         if type(sock) is socket.socket:
             vars(client).pop("_sock_recv", None)  # the last connection's counter
