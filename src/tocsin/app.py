@@ -235,6 +235,7 @@ class Daemon:
                 delivery,
                 log_level=settings.config.log.level,
                 log_format=settings.config.log.format,
+                nudged_by=self.store,
             )
         else:
             delivery_runner = DeliveryWorker(self.store, endpoints, delivery)

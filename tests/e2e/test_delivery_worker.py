@@ -152,3 +152,35 @@ async def test_a_delivery_process_sends_is_restarted_and_stops_with_the_daemon(
         finally:
             if daemon.process is not None and daemon.process.poll() is None:
                 daemon.stop()
+
+
+async def test_the_daemon_s_tickets_wake_the_child_before_its_poll(tmp_path: Path) -> None:
+    """The child polls the outbox once a minute here: a ticket opened in the daemon still
+    reaches the receiver within seconds (the daemon nudges it down the pipe)."""
+    secret_path = tmp_path / "ops-secret"
+    new_webhook_secret(secret_path)
+    async with receiver() as hooks:
+        port = free_port()
+        path = tmp_path / "tocsin.toml"
+        path.write_text(config(port, hooks, secret_path, "worker") + 'poll_interval = "1m"\n')
+        daemon = Daemon(path, port)
+        await daemon.start()
+        try:
+            await started(daemon, 1)
+            delivery_child(daemon)
+            status, ticket = await open_workflow_ticket(daemon, "bms-1")
+            assert status == 201, ticket
+            await delivered(hooks, ticket["seq"], "the first ticket")
+            await asyncio.sleep(1.0)  # its outcome recorded: the child waits for its poll
+            status, ticket = await open_workflow_ticket(daemon, "bms-2")
+            assert status == 201, ticket
+            await eventually(
+                lambda: asyncio.sleep(0, hooks.opened()),
+                lambda got: ticket["seq"] in {d.seq for d in got},
+                within=5,
+                what="the second ticket, well before the child's poll",
+            )
+            assert daemon.stop() == 0
+        finally:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.stop()

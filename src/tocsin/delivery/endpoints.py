@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-from tocsin.config import Settings, WebhookConfig
 from tocsin.delivery.payload import Format
 from tocsin.delivery.schedule import RetryPolicy
+
+if TYPE_CHECKING:  # the delivery process unpickles these without the config's imports
+    from tocsin.config import Settings, WebhookConfig
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ transactions, safe beside the daemon's writer; SQLite's writers take turns with 
 IMMEDIATE), on the other core.
 
 The daemon writes one pickle to the child's stdin (the store URL, the endpoints with their keys,
-the delivery settings, the log settings) and keeps the pipe open; closing it stops the child,
+the delivery settings, the log settings) and keeps the pipe open: a byte on it later says that
+the daemon's tickets fired triggers (the child looks at once, not at its next poll); closing it
+stops the child,
 which finishes or gives back the attempts in flight, as an in-process worker does. The child
 ignores SIGINT/SIGTERM (systemd signals the whole unit) and exits when its stdin ends, so also
 when the daemon dies. A child that exits unasked is started again after a pause that doubles up
@@ -54,7 +56,9 @@ class DeliveryProcess:
         *,
         log_level: str = "info",
         log_format: str = "auto",
+        nudged_by: TicketStore | None = None,
     ) -> None:
+        self._nudged_by = nudged_by  # the daemon's store: its triggers wake the child
         self._hello = {
             "store_url": store_url,
             "endpoints": tuple(endpoints),
@@ -89,16 +93,26 @@ class DeliveryProcess:
         except OSError as exc:
             log.error("webhook delivery process could not start", error=str(exc))
             return None
-        assert process.stdin is not None
+        stdin = process.stdin
+        assert stdin is not None
+
+        def nudge() -> None:
+            # One byte waiting is enough: the child looks at the whole outbox when it wakes.
+            if not stdin.is_closing() and stdin.transport.get_write_buffer_size() == 0:
+                with contextlib.suppress(ConnectionError):
+                    stdin.write(b"\n")
+
+        unwatch = self._nudged_by.on_triggers(nudge) if self._nudged_by else lambda: None
         try:
-            process.stdin.write(pickle.dumps(self._hello, protocol=pickle.HIGHEST_PROTOCOL))
+            stdin.write(pickle.dumps(self._hello, protocol=pickle.HIGHEST_PROTOCOL))
             with contextlib.suppress(ConnectionError):
-                await process.stdin.drain()
+                await stdin.drain()
             await first(process.wait(), stop.wait())
             if process.returncode is not None:
                 return process.returncode
             return await self._stop(process)
         finally:
+            unwatch()
             if process.returncode is None:  # cancelled: the daemon is going down
                 process.kill()
                 await process.wait()
@@ -125,17 +139,17 @@ async def serve(hello: dict[str, Any]) -> None:
     store.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-
-    def read_until_closed() -> None:
-        with contextlib.suppress(OSError):
-            while os.read(0, 65536):
-                pass
-        loop.call_soon_threadsafe(stop.set)
-
-    # A daemon thread: the interpreter must not wait for it if delivery ends another way.
-    threading.Thread(target=read_until_closed, name="stdin", daemon=True).start()
     try:
         worker = DeliveryWorker(store, hello["endpoints"], hello["settings"])
+
+        def read_until_closed() -> None:
+            with contextlib.suppress(OSError):
+                while os.read(0, 65536):  # the daemon's nudge: triggers fired
+                    loop.call_soon_threadsafe(worker.wake)
+            loop.call_soon_threadsafe(stop.set)
+
+        # A daemon thread: the interpreter must not wait for it if delivery ends another way.
+        threading.Thread(target=read_until_closed, name="stdin", daemon=True).start()
         await worker.run(stop)
     finally:
         await store.close()

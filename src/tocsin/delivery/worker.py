@@ -112,6 +112,7 @@ class DeliveryWorker:
         stopper.add_done_callback(lambda _: self._wake.set())
         log.info("webhook delivery started", endpoints=sorted(self._endpoints))
         cannot_reach = ""
+        unwatch = self._store.on_triggers(self.wake)  # this process's own tickets
         try:
             while not stop.is_set():
                 self._wake.clear()
@@ -137,9 +138,14 @@ class DeliveryWorker:
                     async with asyncio.timeout(poll):
                         await self._wake.wait()
         finally:
+            unwatch()
             stopper.cancel()
             await self.close()
             log.info("webhook delivery stopped")
+
+    def wake(self) -> None:
+        """New triggers are in the outbox: look now, not at the next poll."""
+        self._wake.set()
 
     async def pump(self) -> int:
         """Fan out, attempt everything due now (in order, waiting for each wave), check the

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from tocsin import cursors
 from tocsin.db import schema
@@ -37,6 +38,7 @@ __all__ = ["Change", "OpenOutcome", "OpenRequest", "Page", "TicketFilter", "Tick
 
 Clock = Callable[[], datetime]
 T = schema.tickets
+R = TypeVar("R")
 E = schema.timeline_events
 
 
@@ -74,6 +76,7 @@ class TicketStore:
         # announce=False: a helper process's store; the daemon's own says when writes fail.
         self.health = StoreHealth(db.sqlite_path, announce=announce)
         self._writer = GroupWriter(db.write, max_batch=max_batch, health=self.health)
+        self._fired: list[Callable[[], None]] = []
 
     @property
     def database(self) -> Database:
@@ -91,6 +94,19 @@ class TicketStore:
         """Commit what is queued, then stop taking writes."""
         await self._writer.close()
 
+    def on_triggers(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` each time a write that fires triggers (an open, a transition, a
+        comment) has committed: webhook delivery starts then, not at its next poll. Returns
+        what stops the calls."""
+        self._fired.append(callback)
+        return lambda: self._fired.remove(callback)
+
+    async def _firing(self, op: Callable[[Connection], R]) -> R:
+        result = await self._writer.run(op)
+        for callback in list(self._fired):
+            callback()
+        return result
+
     # -- writes ------------------------------------------------------------------------------
 
     async def open(self, request: OpenRequest, *, at: datetime | None = None) -> Change:
@@ -100,7 +116,7 @@ class TicketStore:
         took while the store could not take it says when it was decided (so with the others).
         """
         validate_open(request)
-        return await self._writer.run(
+        return await self._firing(
             lambda conn: writes.open_ticket(conn, request, at or self._clock())
         )
 
@@ -109,7 +125,7 @@ class TicketStore:
         opens in a storm, each with the moment it was decided. All or none."""
         for request, _ in batch:
             validate_open(request)
-        return await self._writer.run(lambda conn: writes.open_plain(conn, batch))
+        return await self._firing(lambda conn: writes.open_plain(conn, batch))
 
     async def start_work(
         self, org: str, seq: int, actor: Actor, comment: str | None = None
@@ -150,7 +166,7 @@ class TicketStore:
     ) -> Change:
         if comment is not None:
             check_text("comment", comment)
-        return await self._writer.run(
+        return await self._firing(
             lambda conn: writes.transition(
                 conn, org, seq, action, actor, comment, at or self._clock()
             )
@@ -160,7 +176,7 @@ class TicketStore:
         self, org: str, seq: int, actor: Actor, body: str, *, at: datetime | None = None
     ) -> Change:
         check_text("body", body)
-        return await self._writer.run(
+        return await self._firing(
             lambda conn: writes.comment(conn, org, seq, actor, body, at or self._clock())
         )
 
