@@ -8,6 +8,7 @@ from __future__ import annotations
 from tests.monitor.test_parents import health, run_for, tickets_by_subject
 from tests.monitor.test_runtime import WINDOWS, Clocks, down, up
 from tocsin.api.subjects import group_tickets, no_ticket_because
+from tocsin.monitor.groups import GroupRules
 from tocsin.monitor.runtime import HealthMonitor
 from tocsin.monitor.storm import STORM_ID, storm_key
 from tocsin.probes.observation import Observation, SubjectKey
@@ -99,3 +100,45 @@ async def test_a_restart_mid_storm_opens_nothing_twice(
     seen.update(dict.fromkeys(DEVICES, up()))
     await run_for(again, clocks, 120, seen)
     assert (await tickets.get("acme", seq))[0].state is State.RESOLVED
+
+
+SPACES = [SubjectKey("acme", "space", f"floor-{n}") for n in range(8)]
+
+
+async def test_groups_count_against_the_limit_and_past_it_the_storm_holds_their_spaces(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    """Eight floors go dark at once (three devices each): five group tickets, then the storm's,
+    listing the three floors it holds; their devices stay held by their floors."""
+    members = {space: DEVICES[3 * n : 3 * n + 3] for n, space in enumerate(SPACES)}
+    monitor = HealthMonitor(tickets, monotonic=lambda: clocks.mono, wall=lambda: clocks.wall)
+    monitor.default_windows = WINDOWS
+    for key in DEVICES[:24]:
+        monitor.configure(key, key.id, WINDOWS)
+    monitor.set_spaces({s: s.id for s in SPACES}, members, GroupRules())
+    monitor.set_parents({d: [s] for s, devices in members.items() for d in devices})
+    monitor.set_storm(LIMIT, ["acme"])
+    await monitor.restore()
+    seen: dict[SubjectKey, Observation] = dict.fromkeys(DEVICES[:24], up())
+    await run_for(monitor, clocks, 30, seen)
+    seen.update(dict.fromkeys(DEVICES[:24], down()))
+    await run_for(monitor, clocks, 180, seen)
+
+    opened = await tickets_by_subject(tickets)
+    groups = [s for s in SPACES if s.id in opened]
+    assert len(groups) == LIMIT, opened
+    assert STORM_ID in opened
+    assert not any(d.id in opened for d in DEVICES)
+    [seq] = opened[STORM_ID]
+    ticket, _ = await tickets.get("acme", seq)
+    held = [s for s in SPACES if s not in groups]
+    for space in held:
+        assert space.id in ticket.description
+        assert monitor.subjects()[space].state.held_by is not None
+        assert health(monitor, members[space]) == {SubjectHealth.UNREACHABLE}
+
+    seen.update(dict.fromkeys(DEVICES[:24], up()))
+    await run_for(monitor, clocks, 180, seen)
+    for seqs in (await tickets_by_subject(tickets)).values():
+        for one in seqs:
+            assert (await tickets.get("acme", one))[0].state is State.RESOLVED

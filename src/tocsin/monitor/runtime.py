@@ -273,8 +273,9 @@ class HealthMonitor:
                     self._subjects[key].dirty = False
 
     def _storm_holds(self, key: SubjectKey, current: str | None) -> bool:
-        """Does the org's storm hold `key`: on, or holding it still with its ticket up?"""
-        if key.type in ("space", "other") or storm_key(key.org) not in self._subjects:
+        """Does the org's storm hold `key` (a device, an integration or a space whose group is
+        failing): on, or holding it still with its ticket up?"""
+        if key.type == "other" or storm_key(key.org) not in self._subjects:
             return False
         if self.storm.on(key.org):
             return True
