@@ -8,6 +8,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import structlog
+import structlog.testing
+
 from tests.delivery.conftest import DELIVERY_TOML, MakeWorker, Receiver, hook_toml, open_ticket
 from tests.delivery.conftest import webhook_settings as settings_with
 from tocsin.delivery.worker import DeliveryWorker
@@ -50,6 +53,20 @@ async def test_writes_that_fire_triggers_tell_their_listeners_once_committed(
     stop()
     await store.resolve("acme", seq, ME)
     assert len(calls) == 4  # no longer listening
+
+
+async def test_a_listener_that_fails_does_not_fail_the_committed_write(
+    store: TicketStore,
+) -> None:
+    def broken() -> None:
+        raise RuntimeError("a listener's bug")
+
+    store.on_triggers(broken)
+    with structlog.testing.capture_logs() as logs:
+        seq = await open_ticket(store)
+    ticket, _ = await store.get("acme", seq)
+    assert ticket.seq == seq
+    assert [entry["event"] for entry in logs] == ["trigger listener failed"]
 
 
 async def test_a_new_trigger_is_sent_at_once_not_at_the_next_poll(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+import structlog
 from sqlalchemy import Connection, and_, func, or_, select
 
 from tocsin import cursors
@@ -40,6 +41,8 @@ Clock = Callable[[], datetime]
 T = schema.tickets
 R = TypeVar("R")
 E = schema.timeline_events
+
+log = structlog.get_logger("tocsin.store")
 
 
 def utcnow() -> datetime:
@@ -104,7 +107,10 @@ class TicketStore:
     async def _firing(self, op: Callable[[Connection], R]) -> R:
         result = await self._writer.run(op)
         for callback in list(self._fired):
-            callback()
+            try:
+                callback()
+            except Exception:  # the write is committed: a listener's bug must not undo its answer
+                log.exception("trigger listener failed")
         return result
 
     # -- writes ------------------------------------------------------------------------------
