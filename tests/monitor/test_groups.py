@@ -258,3 +258,26 @@ async def test_a_restart_keeps_the_devices_already_back_on_the_list(
     ticket, _ = await tickets.get("acme", seq)
     assert f"{MEMBERS_HEADING} (10, 9 still offline)" in ticket.description
     assert "- `cam-1`: back online" in ticket.description
+
+
+async def test_a_message_read_after_its_space_began_gathering_counts_from_when_it_came(
+    tickets: TicketStore, clocks: Clocks
+) -> None:
+    """A storm read over seconds: three of the floor's devices are handled, the floor starts
+    gathering (every device is told), and only then is a fourth device's message handled - it
+    had come with the others, and its failure counts from then, not from the telling."""
+    monitor = await new_monitor(tickets, clocks)
+    await run_for(monitor, clocks, 30, dict.fromkeys(CAMS, up()))
+    came = clocks.mono
+    for key in CAMS[:3]:
+        monitor.observe(key, OFFLINE, at=came)
+    clocks.advance(2.0)  # the loop still reading the burst
+    monitor.expire_windows()
+    rows = monitor.rows("acme")
+    assert no_ticket_because(next(r for r in rows if r.key == CAMS[0]), group_tickets(rows)) == (
+        f"group {SPACE.id} forming"
+    )
+    monitor.observe(CAMS[3], OFFLINE, at=came)
+    first = monitor.subjects()[CAMS[3]].state.first_failure
+    assert first is not None
+    assert first.mono == came

@@ -242,7 +242,21 @@ class HealthMonitor:
             # lets it go on from where it is; a parent's devices start their debounce again.
             grouped = current == STORM_HOLD or bool(was and was[0].type == "space")
             restart = not (holder is None and grouped)
-            self._handle(tracked, ParentChanged(holder, restart), now)
+            self._handle(tracked, ParentChanged(holder, restart), self._untimed(tracked, now))
+
+    @staticmethod
+    def _untimed(tracked: Tracked, now: Now) -> Now:
+        """When to stamp a hold or a release: `now` for a subject it times (failing or
+        unreachable: its debounce may start again); otherwise its own last event, so that a
+        message it sent before being told, handled after (a storm read over seconds while its
+        space began gathering), still counts from when it came (`observe` never steps a
+        subject back before its last event)."""
+        mono = tracked.last_mono
+        if tracked.state.health in (SubjectHealth.FAILING, SubjectHealth.UNREACHABLE):
+            return now
+        if not mono < now.mono or mono == float("-inf"):
+            return now
+        return Now(mono, now.wall - timedelta(seconds=now.mono - mono))
 
     def _health_of(self, key: SubjectKey) -> SubjectHealth | None:
         tracked = self._subjects.get(key)
