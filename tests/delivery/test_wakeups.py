@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import structlog
 import structlog.testing
 
 from tests.delivery.conftest import DELIVERY_TOML, MakeWorker, Receiver, hook_toml, open_ticket

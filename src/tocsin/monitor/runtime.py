@@ -252,9 +252,8 @@ class HealthMonitor:
         space began gathering), still counts from when it came (`observe` never steps a
         subject back before its last event)."""
         mono = tracked.last_mono
-        if tracked.state.health in (SubjectHealth.FAILING, SubjectHealth.UNREACHABLE):
-            return now
-        if not mono < now.mono or mono == float("-inf"):
+        timed = tracked.state.health in (SubjectHealth.FAILING, SubjectHealth.UNREACHABLE)
+        if timed or not float("-inf") < mono < now.mono:
             return now
         return Now(mono, now.wall - timedelta(seconds=now.mono - mono))
 
