@@ -15,7 +15,13 @@ from pathlib import Path
 from tests.conftest import Switchable
 from tests.peers import process_alive
 from tocsin.metrics import Metrics
-from tocsin.monitor.worker import SPARE_FROM_BYTES, WorkerProcess, WorkerPulls, cpus
+from tocsin.monitor.worker import (
+    RESULTS_EVERY,
+    SPARE_FROM_BYTES,
+    WorkerProcess,
+    WorkerPulls,
+    cpus,
+)
 from tocsin.monitor.worker import spare as spare_for
 from tocsin.probes.http import HttpSpec
 from tocsin.probes.observation import Health, Observation, SubjectKey
@@ -108,6 +114,33 @@ async def test_results_come_back_and_follow_the_schedule(
         assert len(pulls) == 1
     runs = metrics.probe_runs.labels("http")._value.get()
     assert runs == len(seen)  # recorded in the daemon's metrics, as inline
+
+
+async def test_results_come_back_in_batches_not_a_frame_each(
+    switchable: tuple[Switchable, str],
+) -> None:
+    """At 20,000 pull subjects a frame per result (a write, and a wake-up of the daemon, every
+    one or two results) cost the worker a tenth of its time: results are sent every
+    RESULTS_EVERY seconds, each still carrying when its check began."""
+    _, url = switchable
+    seen: Seen = []
+    pulls = pulls_into(seen)
+    frames: list[int] = []
+    deliver = pulls._deliver
+
+    def counted(results: list[tuple[SubjectKey, Observation, float, float]]) -> None:
+        frames.append(len(results))
+        deliver(results)
+
+    pulls._deliver = counted  # type: ignore[method-assign]
+    for n in range(20):
+        pulls.add(key(n), spec(url), 0.05)  # 400 checks a second
+    async with running(pulls):
+        await until(lambda: len(seen) >= 400, what="400 results")
+        seconds = (time.monotonic() - min(at for _, _, at in seen)) + RESULTS_EVERY
+    # One frame a loop turn would send about as many frames as results.
+    assert len(frames) <= seconds / RESULTS_EVERY + 3, (len(frames), seconds, sum(frames))
+    assert sum(frames) >= 400
 
 
 async def test_a_killed_worker_is_started_again_with_its_schedule(
