@@ -310,3 +310,27 @@ async def test_an_unresolvable_host_is_reported_not_raised(context: ProbeContext
     observation = await probe.check()
 
     assert (observation.health, observation.error_class) == (Health.UNHEALTHY, "dns")
+
+
+async def test_an_address_is_used_as_it_is_and_a_name_is_resolved(
+    snmpd: Snmpd, context: ProbeContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pysnmp resolves even an address in a thread; at 10,000 subjects that was 7 % of the
+    probe worker's time. An IPv4 address needs no resolver; a name still does."""
+    asked: list[str] = []
+    loop = asyncio.get_running_loop()
+    resolve = loop.getaddrinfo
+
+    async def counted(host: Any, *args: Any, **kwargs: Any) -> Any:
+        asked.append(host)
+        return await resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+
+    by_address = await SnmpProbe(spec(snmpd), context).check()
+    assert by_address.health is Health.HEALTHY, by_address.detail
+    assert asked == []
+
+    by_name = await SnmpProbe(spec(snmpd, host="localhost"), context).check()
+    assert by_name.health is Health.HEALTHY, by_name.detail
+    assert asked == ["localhost"]
