@@ -91,6 +91,7 @@ _LOUD = {Reason.OPEN, Reason.REOPEN_IN_WINDOW, Reason.REOPEN_STILL_UNHEALTHY, Re
 _IN_CHUNKS = 500  # values per SQL IN list
 _STORM_RULES = groups.GroupRules(threshold=1)  # the storm's ticket: from its first subject
 _STORMED = ("device", "integration")  # what a storm may hold
+_BACK = (SubjectHealth.UP, SubjectHealth.RECOVERING)
 _BACK_OR_UNSEEN = (SubjectHealth.RECOVERING, SubjectHealth.UNKNOWN)  # a group relapses from
 MAINTENANCE_POLL = 5.0  # s between reads of the store's maintenance windows
 
@@ -380,12 +381,17 @@ class HealthMonitor:
 
     # -- groups (Multiple devices offline) -------------------------------------------------
 
-    def _assess_groups(self, now: Now, *, timed: bool = False) -> None:
+    def _assess_groups(self, now: Now, *, timed: bool = False, forming: bool = False) -> None:
         """Assess the spaces whose members changed and, when `timed`, those whose verdict
         time alone changes now (a forming group's devices reaching their debounce's end or
         waiting too long; a growth comment its rate held back): form, hold, release and
-        resolve groups."""
+        resolve groups. `forming`: only the spaces whose group is not up yet (those that may
+        form now); the rest stay for the next full assessment."""
         review, self._review = self._review, set()
+        if forming:
+            up = {space for space in review if self._group_up(space)}
+            review -= up
+            self._review |= up
         spaces = review
         if timed and self._group_due:
             due = {space for space, at in self._group_due.items() if at <= now.mono}
@@ -396,6 +402,26 @@ class HealthMonitor:
             tracked = self._subjects.get(space)
             if tracked is not None:
                 self._assess(tracked, now, changed=space in review)
+
+    def _joins_gathering(
+        self, space: SubjectKey, before: SubjectState, after: SubjectState
+    ) -> bool:
+        """A device of a gathering space, held by it, began failing: nothing its space's
+        verdict acts on changes until its debounce ends (a change of health of its own, which
+        is assessed). A 20,000-device storm re-assessed every space on every pass for this."""
+        return (
+            space in self._gathering
+            and after.held_by == space.id
+            and after.health is SubjectHealth.FAILING
+            and before.health in _BACK
+        )
+
+    def _group_up(self, space: SubjectKey) -> bool:
+        """Is the space's (or the storm's) group up: its ticket open, or failing or down?"""
+        tracked = self._subjects.get(space)
+        return tracked is not None and (
+            tracked.state.ticket_open or tracked.state.health in HOLDING
+        )
 
     def _depth(self, space: SubjectKey) -> int:
         """How many spaces up its parent chain goes: parents are assessed first."""
@@ -704,8 +730,11 @@ class HealthMonitor:
                 if tracked is not None and self._pending.get(key, inf) <= now.mono:
                     self._handle(tracked, Tick(), now)
                 if n % EXPIRE_SLICE == 0:
-                    if self._review:  # devices just past their debounce: groups form now
-                        self._assess_groups(self.now())
+                    # Devices just past their debounce: groups form now. Groups already up
+                    # hear of their new members at the end of the pass: assessing all 200
+                    # spaces of a 20,000-device storm after every slice was most of the pass.
+                    if self._review:
+                        self._assess_groups(self.now(), forming=True)
                     yield
             ticked.update(due)
             if self._review:  # devices whose debounce just ended: their groups form now
@@ -799,7 +828,8 @@ class HealthMonitor:
             if after.health is not before.health:
                 if self.on_health is not None:
                     self.on_health(tracked.key, after.health)
-                if (space := self._space_of.get(tracked.key)) is not None:
+                space = self._space_of.get(tracked.key)
+                if space is not None and not self._joins_gathering(space, before, after):
                     self._review.add(space)
                 if after.held_by == STORM_HOLD:
                     self._review.add(storm_key(key.org))
