@@ -68,6 +68,28 @@ def test_overlapping_occurrences_end_with_the_latest() -> None:
     assert w.next_change(at(30)) == at(hours=2)
 
 
+def test_the_subjects_are_listed_only_while_some_window_exists() -> None:
+    """At 100,000 subjects the list windows match on took 17 MiB with no window at all."""
+    listed: list[int] = []
+
+    def subjects() -> list[Subject]:
+        listed.append(1)
+        return [Subject(CAM, "lobby")]
+
+    registry = Maintenance()
+    registry.set_subjects(subjects)
+    registry.set_windows([])
+    assert listed == []
+    registry.set_windows([one_off(0, 10, space="lobby")])
+    assert list(registry.covered()) == [CAM]
+    registry.set_windows([one_off(0, 20, space="lobby")])
+    assert len(listed) == 1  # listed once while windows come and go
+    registry.set_windows([])
+    assert list(registry.covered()) == []
+    registry.set_windows([one_off(0, 10)])
+    assert len(listed) == 2 and list(registry.covered()) == [CAM]
+
+
 def test_whom_a_window_covers() -> None:
     registry = Maintenance()
     registry.set_subjects(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -106,7 +107,9 @@ def with_maintenance(
     config = settings.config
     registry = Maintenance()
     spaces = spaces_of(config.spaces, config.devices)
-    registry.set_subjects(maintenance_subjects(config.devices, config.integrations, spaces))
+    registry.set_subjects(
+        functools.partial(maintenance_subjects, config.devices, config.integrations, spaces)
+    )
     registry.set_windows(windows)
     now = datetime.now(UTC)
     return [

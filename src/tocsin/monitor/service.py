@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import secrets
 import time
@@ -252,7 +253,9 @@ class MonitorService:
             if info.parent is not None:
                 wiring[key] = [info.parent]
         self.monitor.set_parents(wiring)
-        matched = maintenance_subjects(config.devices, config.integrations, spaces)
+        matched = functools.partial(
+            maintenance_subjects, config.devices, config.integrations, spaces
+        )
         self.monitor.set_maintenance(matched, config_windows(config))
 
     def _health_changed(self, key: SubjectKey, health: SubjectHealth) -> None:
