@@ -974,8 +974,12 @@ class HealthMonitor:
         dirty = [t for t in self._subjects.values() if t.dirty or (with_stale and t.stale)]
         if not force:
             dirty = dirty[:SAVE_BATCH]
-        if not dirty:
-            return
+        # Forced (at stop): every change, but SAVE_BATCH rows a write. All 100,000 rows built
+        # at once took 370 MiB more memory for a moment, the daemon's peak.
+        for at in range(0, len(dirty), SAVE_BATCH):
+            await self._save_rows(dirty[at : at + SAVE_BATCH])
+
+    async def _save_rows(self, dirty: list[Tracked]) -> None:
         now = self.now()
         # The rows are built in the writer's thread from the (immutable) states taken here:
         # the event loop goes on handling observations meanwhile.
