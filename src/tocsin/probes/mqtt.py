@@ -362,6 +362,9 @@ class _Device:
 class _Route(NamedTuple):  # a tuple: made in C, 100,000 of them at a broker's start
     device: _Device
     role: Literal["status", "heartbeat"]
+    # The topic or filter it was added under. A message on an exact topic notes this string,
+    # not the one paho made for the message: one string per device for good, not two.
+    topic: str
 
 
 @dataclass(slots=True, eq=False)
@@ -681,10 +684,10 @@ class BrokerMonitor:
         self._devices.append(device)
         self._watch(device)
         if spec.status_topic:
-            self._add_exact(spec.status_topic, _Route(device, "status"))
+            self._add_exact(spec.status_topic, _Route(device, "status", spec.status_topic))
             self._filters.append(spec.status_topic)
         for topic in heartbeats:
-            route = _Route(device, "heartbeat")
+            route = _Route(device, "heartbeat", topic)
             if "+" in topic or "#" in topic:
                 if self._wild is None:
                     self._wild = _WildRoutes()
@@ -819,9 +822,9 @@ class BrokerMonitor:
             if device.emitted is _HEALTHY and route.role == "heartbeat" and not retained:
                 # Most messages, kept to a lookup and two stores: a healthy device that
                 # speaks now stays healthy (the same case as in _apply).
-                device.last_alive, device.heard_on = now, topic
+                device.last_alive, device.heard_on = now, route.topic
             else:
-                self._apply(route, topic, payload, retained, now)
+                self._apply(route, route.topic, payload, retained, now)
         wild = self._wild
         levels = topic.split("/") if wild is not None or self._discoveries else []
         if wild is not None:
@@ -959,7 +962,7 @@ class BrokerMonitor:
             timeout = spec.heartbeat_timeout.total_seconds() if spec.heartbeat_timeout else None
             device = _Device(key, spec.online, spec.offline, timeout, topic, window_start=now)
             self._watch(device)
-            route = discovery.found[name] = _Route(device, "status")
+            route = discovery.found[name] = _Route(device, "status", topic)
             if self._on_discovered is not None:
                 self._on_discovered(key, spec.name_template.format(id=name))
         self._apply(route, topic, payload, retained, now)
