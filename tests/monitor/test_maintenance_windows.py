@@ -87,7 +87,8 @@ def test_the_subjects_are_listed_only_while_some_window_exists() -> None:
     registry.set_windows([])
     assert list(registry.covered()) == []
     registry.set_windows([one_off(0, 10)])
-    assert len(listed) == 2 and list(registry.covered()) == [CAM]
+    assert len(listed) == 2
+    assert list(registry.covered()) == [CAM]
 
 
 def test_whom_a_window_covers() -> None:
