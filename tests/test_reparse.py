@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tocsin.cli.daemon import reload_settings
+from tocsin.cli.daemon import PARSE_APART_FROM_BYTES, reload_settings
 from tocsin.config import ConfigError, Settings, load
-from tocsin.reparse import ReparseFailed, child, rebuild, reparse
+from tocsin.reparse import ReparseFailed, child, parse_at_start, rebuild, reparse
 
 TOKEN = "reparse-test-token-value"
 
@@ -154,3 +154,46 @@ async def test_without_the_running_text_it_parses_in_the_daemon(
     assert new.source
     assert "the child parse failed" in caplog.text
     assert TOKEN not in caplog.text
+
+
+def test_a_large_config_is_parsed_apart_with_equal_values_shared(tmp_path: Path) -> None:
+    """At start a config of thousands of subjects is parsed in a child process, as a reload's
+    is: the same settings as a parse here (secrets read, relative paths resolved), and one
+    object for each equal value (the daemon held 28 MiB of equal strings at 100,000)."""
+    (tmp_path / "token").write_text(TOKEN)
+    path = tmp_path / "tocsin.toml"
+    path.write_text(config({f"cam-{n}": f"http://127.0.0.1:9/{n}" for n in range(3_000)}))
+    assert path.stat().st_size >= PARSE_APART_FROM_BYTES
+
+    here = load(path, keep_source=True)
+    apart = parse_at_start(path)
+
+    assert apart is not None
+    assert apart.config == here.config
+    assert apart.tokens == here.tokens
+    assert (apart.store_url, apart.base_dir, apart.source) == (
+        here.store_url,
+        here.base_dir,
+        here.source,
+    )
+    devices = apart.config.devices
+    assert len({id(d.org) for d in devices}) == 1
+    assert len({id(d.probe.type) for d in devices}) == 1
+    assert len({id(d.labels) for d in devices}) == 1
+    assert len({id(d.org) for d in here.config.devices}) > 1  # a parse here shares none
+
+
+def test_a_large_invalid_config_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text(TOKEN)
+    path = tmp_path / "tocsin.toml"
+    devices = {f"cam-{n}": f"http://127.0.0.1:9/{n}" for n in range(3_000)}
+    devices["cam-17"] = "ftp://nowhere"
+    path.write_text(config(devices))
+
+    with pytest.raises(ConfigError) as refused:
+        parse_at_start(path)
+
+    with pytest.raises(ConfigError) as here:
+        load(path)
+    assert [str(p) for p in refused.value.problems] == [str(p) for p in here.value.problems]
+    assert "devices[17].probe" in str(refused.value.problems[0])

@@ -49,13 +49,16 @@ def load_settings(path: Path, *, keep_source: bool = False) -> Settings:
     try:
         return load(path, keep_source=keep_source)
     except ConfigError as exc:
-        err.print(
-            f"[bold red]{escape(str(path))}: invalid config[/]", highlight=False, soft_wrap=True
-        )
-        for problem in exc.problems:
-            # One line per problem whatever the width, so each keeps its key path (and grep works).
-            err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(2)
+        report_invalid(path, exc)
+
+
+def report_invalid(path: Path, exc: ConfigError) -> NoReturn:
+    """Say what is wrong with the config at `path`, one line a problem, and exit 2."""
+    err.print(f"[bold red]{escape(str(path))}: invalid config[/]", highlight=False, soft_wrap=True)
+    for problem in exc.problems:
+        # One line per problem whatever the width, so each keeps its key path (and grep works).
+        err.print(f"  {problem}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(2)
 
 
 @click.group()

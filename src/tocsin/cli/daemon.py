@@ -18,13 +18,14 @@ from tocsin.cli.base import (
     load_settings,
     main,
     out,
+    report_invalid,
     with_database,
 )
 from tocsin.config import ConfigError, Settings, load, reuse_unchanged
 from tocsin.db import backup, migrate
 from tocsin.db.engine import Database, StoreUrlError
 from tocsin.monitor import worker
-from tocsin.reparse import ReparseFailed, reparse
+from tocsin.reparse import ReparseFailed, parse_at_start, reparse
 
 
 @main.command()
@@ -38,7 +39,7 @@ def run(config_path: Path) -> None:
     gc.disable()
     spare = worker.spare(config_path)
     try:
-        settings = load_settings(config_path, keep_source=True)
+        settings = _start_settings(config_path)
     except BaseException:
         if spare is not None:
             spare.close()
@@ -95,6 +96,24 @@ def run(config_path: Path) -> None:
 
 
 STOP_REPORT_AFTER = 5.0
+PARSE_APART_FROM_BYTES = 256 * 1024  # a config this size has thousands of subjects
+
+
+def _start_settings(config_path: Path) -> Settings:
+    """The config the daemon starts on: a large one parsed in a child process (see
+    `parse_at_start`), the others here; an invalid one reported and the process ended."""
+    try:
+        large = config_path.stat().st_size >= PARSE_APART_FROM_BYTES
+    except OSError:
+        large = False  # load_settings says why it cannot be read
+    if large:
+        try:
+            settings = parse_at_start(config_path)
+        except ConfigError as exc:
+            report_invalid(config_path, exc)
+        if settings is not None:
+            return settings
+    return load_settings(config_path, keep_source=True)
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
