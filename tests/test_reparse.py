@@ -5,8 +5,11 @@ and never run on a plan made for another subject list."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import structlog
 
 from tocsin.cli.daemon import PARSE_APART_FROM_BYTES, reload_settings
 from tocsin.config import ConfigError, Settings, load
-from tocsin.reparse import ReparseFailed, child, parse_at_start, rebuild, reparse
+from tocsin.reparse import ReparseFailed, child, rebuild, reparse
 
 TOKEN = "reparse-test-token-value"
 
@@ -159,41 +162,71 @@ async def test_without_the_running_text_it_parses_in_the_daemon(
 def test_a_large_config_is_parsed_apart_with_equal_values_shared(tmp_path: Path) -> None:
     """At start a config of thousands of subjects is parsed in a child process, as a reload's
     is: the same settings as a parse here (secrets read, relative paths resolved), and one
-    object for each equal value (the daemon held 28 MiB of equal strings at 100,000)."""
+    object for each equal value (the daemon held 28 MiB of equal strings at 100,000). Run in a
+    process of its own, as `tocsin run` does it: before the daemon has any thread."""
     (tmp_path / "token").write_text(TOKEN)
     path = tmp_path / "tocsin.toml"
     path.write_text(config({f"cam-{n}": f"http://127.0.0.1:9/{n}" for n in range(3_000)}))
     assert path.stat().st_size >= PARSE_APART_FROM_BYTES
-
-    here = load(path, keep_source=True)
-    apart = parse_at_start(path)
-
-    assert apart is not None
-    assert apart.config == here.config
-    assert apart.tokens == here.tokens
-    assert (apart.store_url, apart.base_dir, apart.source) == (
-        here.store_url,
-        here.base_dir,
-        here.source,
+    script = f"""
+import json, sys
+from tocsin.config import load
+from tocsin.reparse import parse_at_start
+path = {str(path)!r}
+apart = parse_at_start(path)
+here = load(path, keep_source=True)
+devices = apart.config.devices
+print(json.dumps({{
+    "same_config": apart.config == here.config,
+    "same_tokens": apart.tokens == here.tokens,
+    "same_rest": (apart.store_url, str(apart.base_dir), apart.source)
+        == (here.store_url, str(here.base_dir), here.source),
+    "orgs": len({{id(d.org) for d in devices}}),
+    "types": len({{id(d.probe.type) for d in devices}}),
+    "labels": len({{id(d.labels) for d in devices}}),
+    "orgs_here": len({{id(d.org) for d in here.config.devices}}),
+}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
     )
-    devices = apart.config.devices
-    assert len({id(d.org) for d in devices}) == 1
-    assert len({id(d.probe.type) for d in devices}) == 1
-    assert len({id(d.labels) for d in devices}) == 1
-    assert len({id(d.org) for d in here.config.devices}) > 1  # a parse here shares none
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen == {
+        "same_config": True,
+        "same_tokens": True,
+        "same_rest": True,
+        "orgs": 1,
+        "types": 1,
+        "labels": 1,
+        "orgs_here": seen["orgs_here"],
+    }
+    assert seen["orgs_here"] > 1  # a parse here shares none
 
 
 def test_a_large_invalid_config_is_refused_with_its_key_path(tmp_path: Path) -> None:
+    """`tocsin run` on a config of thousands of subjects with a mistake: said the same way as
+    for a small one (the key path, no traceback), and nothing starts."""
     (tmp_path / "token").write_text(TOKEN)
     path = tmp_path / "tocsin.toml"
     devices = {f"cam-{n}": f"http://127.0.0.1:9/{n}" for n in range(3_000)}
     devices["cam-17"] = "ftp://nowhere"
     path.write_text(config(devices))
-
-    with pytest.raises(ConfigError) as refused:
-        parse_at_start(path)
-
+    assert path.stat().st_size >= PARSE_APART_FROM_BYTES
     with pytest.raises(ConfigError) as here:
         load(path)
-    assert [str(p) for p in refused.value.problems] == [str(p) for p in here.value.problems]
-    assert "devices[17].probe" in str(refused.value.problems[0])
+
+    done = subprocess.run(
+        [sys.executable, "-m", "tocsin", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert f"{path}: invalid config" in done.stderr
+    said = [line.strip() for line in done.stderr.splitlines()[1:] if line.strip()]
+    assert said == [str(p) for p in here.value.problems]
+    assert said[0].startswith("devices[17].probe")

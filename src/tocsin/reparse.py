@@ -23,8 +23,8 @@ import dataclasses
 import hashlib
 import os
 import pickle
-import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -84,26 +84,31 @@ def child(path: str, running: bytes) -> tuple[Any, ...]:
 
 
 def share_values(models: Iterable[BaseModel]) -> None:
-    """One object for each equal string and each empty list or dict in these (frozen) models,
-    so that pickling sends it once and the daemon unpickles one: 100,000 subjects each held
-    their own "fleet", "127.0.0.1", "http", timeouts and empty labels: 28 MiB of strings alone."""
+    """One object for each equal string and timeout and each empty list or dict in these
+    (frozen) models, so that pickling sends it once and the daemon unpickles one: 100,000
+    subjects each held their own "fleet", "127.0.0.1", "http", timeouts and empty labels."""
     shared: dict[str | timedelta, str | timedelta] = {}
     empty_list: list[Any] = []
     empty_dict: dict[Any, Any] = {}
+    model_type = BaseModel
 
     def share(model: BaseModel) -> None:
         values = model.__dict__
         for name, value in values.items():
-            if isinstance(value, str | timedelta):
+            kind = type(value)  # exact types: isinstance on each of millions of values is slow
+            if kind is str or kind is timedelta:
                 values[name] = shared.setdefault(value, value)
-            elif isinstance(value, BaseModel):
-                share(value)
-            elif isinstance(value, list | dict) and not value:
-                values[name] = empty_list if isinstance(value, list) else empty_dict
-            elif isinstance(value, list):
-                for item in value:
-                    if isinstance(item, BaseModel):
+            elif kind is list:
+                if not value:
+                    values[name] = empty_list
+                elif isinstance(value[0], model_type):
+                    for item in value:
                         share(item)
+            elif kind is dict:
+                if not value:
+                    values[name] = empty_dict
+            elif isinstance(value, model_type):
+                share(value)
 
     for model in models:
         share(model)
@@ -114,19 +119,43 @@ def parse_at_start(path: Path) -> Settings | None:
     short-lived objects a parse of 100,000 subjects makes leave the daemon's heap fragmented
     for good (started 63 MiB larger, 45 MiB after ten minutes), and the child shares equal
     values (`share_values`). Raises ConfigError if it is invalid; None if the child failed (the
-    caller then parses in-process, and reports whatever made the child fail)."""
-    request = pickle.dumps((str(path), b""), protocol=pickle.HIGHEST_PROTOCOL)
+    caller then parses in-process, and reports whatever made the child fail).
+
+    The child is a fork, made before the daemon has any thread: it has every module imported
+    already (a fresh interpreter took 2-3 s more), and the daemon unpickles the answer as it
+    comes down the pipe. With another thread running (a fork copies none, nor the locks they
+    may hold) it returns None at once."""
+    if threading.active_count() > 1:
+        return None
+    readable, writable = os.pipe()
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "tocsin.reparse"],
-            input=request,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,  # a traceback may quote a config value
-            check=False,
-        )
-        answer = pickle.loads(done.stdout)
+        pid = os.fork()
+    except OSError:
+        os.close(readable)
+        os.close(writable)
+        return None
+    if pid == 0:  # the child: answer, and leave without running the daemon's exit handlers
+        code = 0
+        try:
+            os.close(readable)
+            try:
+                answer = child(str(path), b"")
+            except Exception as exc:  # the type only: a message may quote a config value
+                answer = ("failed", type(exc).__name__)
+            with os.fdopen(writable, "wb") as out:
+                pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(writable)
+    try:
+        with os.fdopen(readable, "rb") as pipe:
+            answer = pickle.load(pipe)
     except Exception:
         return None
+    finally:
+        os.waitpid(pid, 0)
     if answer[0] == "invalid":
         raise ConfigError(answer[1])
     if answer[0] != "ok":

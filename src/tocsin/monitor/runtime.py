@@ -37,7 +37,7 @@ from tocsin.monitor.maintenance import HOLD_PREFIX, Maintenance, Window
 from tocsin.monitor.maintenance import Subject as MaintenanceSubject
 from tocsin.monitor.parents import HOLDING, Dependencies, parent_key
 from tocsin.monitor.storm import STORM_HOLD, StormCap, storm_key
-from tocsin.probes.observation import Health, Observation, SubjectKey
+from tocsin.probes.observation import Health, Observation, SubjectKey, like
 from tocsin.tickets.errors import TicketError
 from tocsin.tickets.model import Actor, ActorType, Kind, Source, State
 from tocsin.tickets.store import TicketStore
@@ -662,6 +662,9 @@ class HealthMonitor:
             # Back-date to when the probe began, but never before this subject's last event.
             mono = max(at, tracked.last_mono)
             now = Now(mono, now.wall - timedelta(seconds=now.mono - mono))
+        recent = tracked.state.recent
+        if recent:
+            observation = like(observation, recent[-1].observation)
         self._handle(tracked, Observed(observation), now)
 
     async def handle_observation(
