@@ -138,6 +138,9 @@ def parse_at_start(path: Path) -> Settings | None:
         code = 0
         try:
             os.close(readable)
+            quiet = os.open(os.devnull, os.O_WRONLY)  # a warning may quote a config value
+            os.dup2(quiet, 1)
+            os.dup2(quiet, 2)
             try:
                 answer = child(str(path), b"")
             except Exception as exc:  # the type only: a message may quote a config value
