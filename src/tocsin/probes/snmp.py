@@ -282,6 +282,9 @@ class SnmpProbe:
         self._oids = [c.oid for c in spec.oids]
         if SYS_UPTIME not in self._oids:
             self._oids.append(SYS_UPTIME)
+        # Made (and resolved by pysnmp) once, not on every check: its checks never overlap.
+        self._context_data = ContextData()
+        self._var_binds = [ObjectType(ObjectIdentity(oid)) for oid in self._oids]
         self._last_uptime: UptimeReading | None = None
         self.timeout = spec.deadline
 
@@ -395,8 +398,8 @@ class SnmpProbe:
             snmp_engine(self._context, self._engine),
             self._auth,
             target,
-            ContextData(),
-            *(ObjectType(ObjectIdentity(oid)) for oid in self._oids),
+            self._context_data,
+            *self._var_binds,
             lookupMib=False,
         )
         return result
