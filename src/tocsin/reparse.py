@@ -83,6 +83,14 @@ def child(path: str, running: bytes) -> tuple[Any, ...]:
     return ("ok", settings, devices, integrations, digest, new.source)
 
 
+def _answer(path: str, running: bytes) -> tuple[Any, ...]:
+    """`child`'s answer, or ("failed", the exception's type)."""
+    try:
+        return child(path, running)
+    except Exception as exc:  # the type only: a message may quote a config value
+        return ("failed", type(exc).__name__)
+
+
 def share_values(models: Iterable[BaseModel]) -> None:
     """One object for each equal string and timeout and each empty list or dict in these
     (frozen) models, so that pickling sends it once and the daemon unpickles one: 100,000
@@ -141,10 +149,7 @@ def parse_at_start(path: Path) -> Settings | None:
             quiet = os.open(os.devnull, os.O_WRONLY)  # a warning may quote a config value
             os.dup2(quiet, 1)
             os.dup2(quiet, 2)
-            try:
-                answer = child(str(path), b"")
-            except Exception as exc:  # the type only: a message may quote a config value
-                answer = ("failed", type(exc).__name__)
+            answer = _answer(str(path), b"")
             with os.fdopen(writable, "wb") as out:
                 pickle.dump(answer, out, protocol=pickle.HIGHEST_PROTOCOL)
         except BaseException:
@@ -163,10 +168,7 @@ def parse_at_start(path: Path) -> Settings | None:
         raise ConfigError(answer[1])
     if answer[0] != "ok":
         return None
-    _, parsed, devices, integrations, _, text = answer
-    config = parsed.config.model_copy(update={"devices": devices, "integrations": integrations})
-    settings: Settings = dataclasses.replace(parsed, config=config, environ=os.environ, source=text)
-    return settings
+    return rebuild(answer[1], answer)  # against its own subject-less settings: nothing runs yet
 
 
 def rebuild(running: Settings, answer: tuple[Any, ...]) -> Settings:
@@ -223,10 +225,7 @@ def main() -> None:
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but the answer on the pipe
     path, running = pickle.loads(sys.stdin.buffer.read())
-    try:
-        answer = child(path, running)
-    except Exception as exc:  # the type only: a message may quote a config value
-        answer = ("failed", type(exc).__name__)
+    answer = _answer(path, running)
     out.write(pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
     out.flush()
 

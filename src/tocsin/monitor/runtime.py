@@ -271,8 +271,8 @@ class HealthMonitor:
         """Does the space hold its devices: its group forming, failing, down or still open?
         (The storm subject: the storm on, or its ticket failing, down or open.)"""
         if space.type == "other":
-            return self.storm.on(space.org) or state.ticket_open or state.health in HOLDING
-        return space in self._gathering or state.ticket_open or state.health in HOLDING
+            return self.storm.on(space.org) or _group_active(state)
+        return space in self._gathering or _group_active(state)
 
     # -- the storm cap ------------------------------------------------------------------------
 
@@ -422,9 +422,7 @@ class HealthMonitor:
     def _group_up(self, space: SubjectKey) -> bool:
         """Is the space's (or the storm's) group up: its ticket open, or failing or down?"""
         tracked = self._subjects.get(space)
-        return tracked is not None and (
-            tracked.state.ticket_open or tracked.state.health in HOLDING
-        )
+        return tracked is not None and _group_active(tracked.state)
 
     def _depth(self, space: SubjectKey) -> int:
         """How many spaces up its parent chain goes: parents are assessed first."""
@@ -446,7 +444,7 @@ class HealthMonitor:
         storm = space.type == "other"  # the org's storm: what it holds, one past its debounce
         keys = self._storm_members.get(space.org, ()) if storm else self._members.get(space, ())
         members = [self._subjects[m] for m in keys if m in self._subjects]
-        active = state.ticket_open or state.health in HOLDING
+        active = _group_active(state)
         verdict = groups.assess(
             space,
             ((m.state, m.windows) for m in members),
@@ -1003,6 +1001,11 @@ class HealthMonitor:
         for tracked, (_, _, state) in zip(dirty, taken, strict=True):
             if tracked.state is not state:  # changed while the save was under way
                 tracked.dirty = True
+
+
+def _group_active(state: SubjectState) -> bool:
+    """A space's (or the storm's) group is up: its ticket open, or failing or down."""
+    return state.ticket_open or state.health in HOLDING
 
 
 def _listed(tracked: Tracked) -> bool:
