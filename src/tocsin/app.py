@@ -33,6 +33,7 @@ from tocsin.monitor.worker import WorkerProcess, cpus
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 from tocsin.waits import first
+from tocsin.web.context import WEB_CONTEXT
 
 log = structlog.get_logger("tocsin")
 
@@ -61,6 +62,7 @@ class Daemon:
             subjects=self.monitor.monitor.rows,
             maintenance=self.monitor.monitor.maintenance.windows,
             maintenance_changed=self.monitor.monitor.reload_maintenance,
+            subjects_changed=self.monitor.monitor.changed_at,
             metrics=self.render_metrics,
             readiness=self.readiness,
         )
@@ -205,6 +207,7 @@ class Daemon:
         settings = _keep_what_needs_a_restart(old, settings)
         self.settings = settings
         self.app[API_CONTEXT].reload(settings)
+        self.app[WEB_CONTEXT].reload(settings)
         changes = await self.monitor.apply(settings)
         webhooks_changed = (
             endpoints_from(old) != endpoints_from(settings)

@@ -4,6 +4,7 @@
 resolves relative paths against its folder. Every problem is reported with its key path, e.g.
 ``orgs[0].tokens[1].token_file: cannot read /etc/tocsin/tokens/ops (No such file or directory)``.
 Secrets are read here and kept only as SHA-256 digests; their values never reach a message.
+Web sign-in passwords are in the config only as argon2 hashes, and those are not quoted either.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from argon2 import extract_parameters
+from argon2.exceptions import InvalidHashError
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -105,6 +109,30 @@ class ServerConfig(_Model):
         if self.public_url:
             return self.public_url
         return f"http://{self.listen}"
+
+
+class WebConfig(_Model):
+    """[web]: signing in to the web pages; who may sign in is each org's [[orgs.users]]."""
+
+    session_lifetime: Duration = timedelta(hours=12)
+    """How long a sign-in lasts before the person must sign in again; 1m to 90d."""
+    login_delay: Duration = timedelta(seconds=1)
+    """How long a failed sign-in waits before it is answered, to slow password guessing; 0s to
+    30s."""
+
+    @field_validator("session_lifetime")
+    @classmethod
+    def _check_session_lifetime(cls, value: timedelta) -> timedelta:
+        if not timedelta(minutes=1) <= value <= timedelta(days=90):
+            raise ValueError("between 1m and 90d")
+        return value
+
+    @field_validator("login_delay")
+    @classmethod
+    def _check_login_delay(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(seconds=30):
+            raise ValueError("between 0s and 30s")
+        return value
 
 
 class StoreConfig(_Model):
@@ -321,6 +349,36 @@ class TokenConfig(_Model):
         return self
 
 
+# The prefixes of argon2's encoded hashes, by variant (`tocsin users hash` makes argon2id).
+ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
+
+
+class UserConfig(_Model):
+    """[[orgs.users]]: a person who signs in to the web pages with a name and password. The
+    config holds only the password's argon2 hash: `tocsin users hash` makes one."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    """Unique in the org and not the name of one of its tokens: the actor on the timeline."""
+    role: Literal["read", "write"]
+    """read: reads; write: everything (as a write token may)."""
+    password_argon2: str
+    """The password's argon2 hash, `$argon2id$v=19$...` as `tocsin users hash` prints it: no
+    password in the config."""
+
+    @field_validator("password_argon2")
+    @classmethod
+    def _check_argon2_hash(cls, value: str) -> str:
+        # The message never quotes the value: a password pasted here by mistake stays unlogged.
+        problem = "not an argon2 hash ($argon2id$...): make one with `tocsin users hash`"
+        if not value.startswith(ARGON2_PREFIXES):
+            raise ValueError(problem)
+        try:
+            extract_parameters(value)
+        except InvalidHashError:
+            raise ValueError(problem) from None
+        return value
+
+
 def _refuse_duplicates(rule: str, names: list[str]) -> None:
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
@@ -328,7 +386,7 @@ def _refuse_duplicates(rule: str, names: list[str]) -> None:
 
 
 class OrgConfig(_Model):
-    """[[orgs]]: an organisation. Tickets, subjects and tokens each belong to one."""
+    """[[orgs]]: an organisation. Tickets, subjects, tokens and users each belong to one."""
 
     slug: Annotated[str, Field(pattern=SLUG_PATTERN)]
     """Lowercase letters, digits and dashes; used in URLs and --org."""
@@ -338,6 +396,8 @@ class OrgConfig(_Model):
     """People may file tickets through Report issue (source user, with a write token)."""
     tokens: list[TokenConfig] = Field(default_factory=list)
     """The org's API tokens."""
+    users: list[UserConfig] = Field(default_factory=list)
+    """The people who may sign in to the org's web pages."""
 
     @field_validator("tokens")
     @classmethod
@@ -345,12 +405,28 @@ class OrgConfig(_Model):
         _refuse_duplicates("token names must be unique in an org", [t.name for t in tokens])
         return tokens
 
+    @field_validator("users")
+    @classmethod
+    def _unique_actor_names(cls, users: list[UserConfig], info: ValidationInfo) -> list[UserConfig]:
+        names = [u.name for u in users]
+        _refuse_duplicates("user names must be unique in an org", names)
+        # A token and a user of one name would be the same actor on the timeline.
+        tokens: list[TokenConfig] = info.data.get("tokens", [])  # absent: tokens were invalid
+        shared = sorted(set(names) & {t.name for t in tokens})
+        if shared:
+            raise ValueError(
+                f"a user cannot have the name of a token of the org: {', '.join(shared)}"
+            )
+        return users
+
 
 class Config(_Model):
     """The whole config file."""
 
     server: ServerConfig = ServerConfig()
     """The HTTP API."""
+    web: WebConfig = WebConfig()
+    """Signing in to the web pages."""
     store: StoreConfig = StoreConfig()
     """The ticket store."""
     monitor: MonitorDefaults = MonitorDefaults()
@@ -360,7 +436,7 @@ class Config(_Model):
     retention: RetentionConfig = RetentionConfig()
     """How long resolved tickets and delivered webhooks are kept."""
     orgs: list[OrgConfig] = Field(default_factory=list)
-    """The organisations and their API tokens."""
+    """The organisations, their API tokens and the people who sign in to the web pages."""
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     """Endpoints that receive signed ticket triggers."""
     webhook_delivery: WebhookDeliveryConfig = WebhookDeliveryConfig()

@@ -219,3 +219,21 @@ maintenance_windows = Table(
     Column("created_by", String(200), nullable=True),
     Index("ix_maintenance_windows_org_id", "org", "id"),
 )
+
+# -- web sessions (migration 0005) ---------------------------------------------------------------
+
+# A signed-in browser: the cookie holds a random id, the table only its SHA-256 (a copy of the
+# database signs nobody in). Kept here so sessions survive a restart; expired rows are pruned.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("org", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("scope", String(16), nullable=False),
+    Column("via", String(16), nullable=False),  # token | user: how the person signed in
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_web_sessions_expires_at", "expires_at"),
+)

@@ -170,6 +170,11 @@ class HealthMonitor:
         counted, shown or measured before: nothing of the site's own)."""
         return {k: t for k, t in self._subjects.items() if _listed(t)}
 
+    def changed_at(self) -> float:
+        """When (monotonic) a subject last changed more than its latest probe results: what
+        the health board shows; -inf before any change."""
+        return self._last_change
+
     def rows(self, org: str) -> list[states.StateRow]:
         """The org's subjects as the subjects API shows them: live, not the last save."""
         now = self.now()

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, false, func, or_, select
 
 from tocsin import cursors
 from tocsin.db import schema
@@ -57,6 +57,8 @@ class TicketFilter:
     subject_type: str | None = None
     subject_id: str | None = None
     q: str | None = None
+    # Any of these (type, id) subjects: the web page's space filter (a space and its devices).
+    subjects: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,29 +231,39 @@ class TicketStore:
     ) -> Page:
         """Tickets newest first, `limit` at a time; `next_cursor` continues the listing."""
         filters = filters or TicketFilter()
-        conditions = [T.c.org == org]
+        conditions = _conditions(org, filters)
         if cursor is not None:
             conditions.append(T.c.seq < decode_cursor(cursor))
-        if filters.states:
-            conditions.append(T.c.state.in_([s.value for s in filters.states]))
-        if filters.source is not None:
-            conditions.append(T.c.source == filters.source.value)
-        if filters.kind is not None:
-            conditions.append(T.c.kind == filters.kind)
-        if filters.subject_type is not None:
-            conditions.append(T.c.subject_type == filters.subject_type)
-        if filters.subject_id is not None:
-            conditions.append(T.c.subject_id == filters.subject_id)
-        if filters.q:
-            pattern = "%" + _escape_like(filters.q) + "%"
-            columns = (T.c.subject_name, T.c.subject_id, T.c.description, T.c.kind)
-            conditions.append(or_(*(c.ilike(pattern, escape="\\") for c in columns)))
         statement = select(T).where(and_(*conditions)).order_by(T.c.seq.desc()).limit(limit + 1)
         async with self._db.read.connect() as conn:
             rows = (await conn.execute(statement)).all()
         tickets = [writes.ticket_from_row(row._mapping) for row in rows[:limit]]
         more = len(rows) > limit
         return Page(tickets, encode_cursor(tickets[-1].seq) if more and tickets else None)
+
+    async def count_by_state(
+        self, org: str, filters: TicketFilter | None = None
+    ) -> dict[State, int]:
+        """How many tickets match `filters` (but their states) in each state."""
+        conditions = _conditions(org, filters or TicketFilter(), states=False)
+        statement = select(T.c.state, func.count()).where(and_(*conditions)).group_by(T.c.state)
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(statement)).all()
+        counts = dict.fromkeys(State, 0)
+        for state, count in rows:
+            counts[State(state)] = int(count)
+        return counts
+
+    async def last_events(self, ticket_ids: list[int]) -> dict[int, TimelineEvent]:
+        """Each ticket's latest timeline event (a list page's "last event" column)."""
+        if not ticket_ids:
+            return {}
+        latest = (
+            select(func.max(E.c.id)).where(E.c.ticket_id.in_(ticket_ids)).group_by(E.c.ticket_id)
+        )
+        async with self._db.read.connect() as conn:
+            rows = (await conn.execute(select(E).where(E.c.id.in_(latest)))).all()
+        return {row.ticket_id: writes.event_from_row(row._mapping) for row in rows}
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -264,6 +276,38 @@ class TicketStore:
             statement = statement.where(T.c.org == org)
         async with self._db.read.connect() as conn:
             return int((await conn.execute(statement)).scalar_one())
+
+
+def _conditions(org: str, filters: TicketFilter, *, states: bool = True) -> list[Any]:
+    conditions: list[Any] = [T.c.org == org]
+    if states and filters.states:
+        conditions.append(T.c.state.in_([s.value for s in filters.states]))
+    if filters.source is not None:
+        conditions.append(T.c.source == filters.source.value)
+    if filters.kind is not None:
+        conditions.append(T.c.kind == filters.kind)
+    if filters.subject_type is not None:
+        conditions.append(T.c.subject_type == filters.subject_type)
+    if filters.subject_id is not None:
+        conditions.append(T.c.subject_id == filters.subject_id)
+    if filters.q:
+        pattern = "%" + _escape_like(filters.q) + "%"
+        columns = (T.c.subject_name, T.c.subject_id, T.c.description, T.c.kind)
+        conditions.append(or_(*(c.ilike(pattern, escape="\\") for c in columns)))
+    if filters.subjects is not None:
+        by_type: dict[str, list[str]] = {}
+        for subject_type, subject_id in filters.subjects:
+            by_type.setdefault(subject_type, []).append(subject_id)
+        conditions.append(
+            or_(
+                false(),
+                *(
+                    and_(T.c.subject_type == kind, T.c.subject_id.in_(ids))
+                    for kind, ids in by_type.items()
+                ),
+            )
+        )
+    return conditions
 
 
 def validate_open(request: OpenRequest) -> None:

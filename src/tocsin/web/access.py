@@ -1,0 +1,105 @@
+"""Who is looking at a page and what they may do: the session cookie, checked against the
+config as it is now (a user or token removed by a reload signs its sessions out, a changed role
+applies at once), the CSRF token every form carries, and the API's own scope rules."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import replace
+from urllib.parse import quote
+
+from aiohttp import web
+from multidict import MultiDictProxy
+
+from tocsin.api.auth import GRANTS
+from tocsin.api.errors import ApiError
+from tocsin.tickets.model import Actor, ActorType
+from tocsin.web.context import WEB_CONTEXT, WebContext
+from tocsin.web.sessions import COOKIE, Session
+
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
+READ = frozenset({"read"})
+WRITE = frozenset({"write"})
+WRITE_OR_WORKFLOW = frozenset({"write", "workflow"})
+CSRF_FIELD = "csrf"
+
+
+def can(session: Session, needs: frozenset[str]) -> bool:
+    return bool(GRANTS[session.scope] & needs)  # type: ignore[index]
+
+
+def actor(session: Session) -> Actor:
+    """The person (or workflow token) on the timeline, by the name they signed in with."""
+    kind = ActorType.WORKFLOW if session.scope == "workflow" else ActorType.USER
+    return Actor(kind, session.name)
+
+
+def _current(context: WebContext, session: Session) -> Session | None:
+    """The session as the config stands now, or None if its user or token is gone."""
+    org = context.settings.config.orgs
+    for candidate in org:
+        if candidate.slug != session.org:
+            continue
+        if session.via == "user":
+            for user in candidate.users:
+                if user.name == session.name:
+                    return replace(session, scope=user.role)
+        else:
+            for token in candidate.tokens:
+                if token.name == session.name:
+                    return replace(session, scope=token.scope)
+    return None
+
+
+async def signed_in(request: web.Request) -> Session | None:
+    context = request.app[WEB_CONTEXT]
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
+        return None
+    session = await context.sessions.find(session_id, context.clock())
+    return None if session is None else _current(context, session)
+
+
+async def visitor(request: web.Request, needs: frozenset[str] = READ) -> tuple[WebContext, Session]:
+    """The signed-in session for this org's page; else to the sign-in page and back."""
+    context = request.app[WEB_CONTEXT]
+    session = await signed_in(request)
+    if session is None:
+        raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+    org = request.match_info["org"]
+    if session.org != org:
+        raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
+    if not can(session, needs):
+        wanted = " or ".join(sorted(needs))
+        raise ApiError(403, "forbidden", f"this needs {wanted} access; you have {session.scope}")
+    return context, session
+
+
+async def posted(request: web.Request, needs: frozenset[str]) -> tuple[WebContext, Session, Form]:
+    """A form post from a page: signed in, the session's CSRF token, the scope it needs."""
+    context = request.app[WEB_CONTEXT]
+    session = await signed_in(request)
+    if session is None:
+        raise ApiError(401, "unauthorized", "you are signed out; sign in and try again")
+    org = request.match_info["org"]
+    if session.org != org:
+        raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
+    form = await request.post()
+    presented = form.get(CSRF_FIELD)
+    if not isinstance(presented, str) or not hmac.compare_digest(presented, session.csrf):
+        raise ApiError(
+            403, "csrf_failed", "the form's CSRF token is missing or stale: reload the page"
+        )
+    if not can(session, needs):
+        wanted = " or ".join(sorted(needs))
+        raise ApiError(403, "forbidden", f"this needs {wanted} access; you have {session.scope}")
+    return context, session, form
+
+
+def text_field(form: Form, name: str, *, required: bool = False) -> str | None:
+    value = form.get(name)
+    if value is None or not isinstance(value, str):
+        if required:
+            raise ApiError(422, "missing_field", f"{name} is required", name)
+        return None
+    return value.replace("\r\n", "\n")

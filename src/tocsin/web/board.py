@@ -1,0 +1,133 @@
+"""The health board: every subject of the org grouped by space, with its health, since when,
+its last probe result and its open ticket; counts per health at the top. Live: the monitor's
+own view, not the last save (as the subjects API)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from tocsin.api.errors import ApiError
+from tocsin.api.subjects import group_tickets, no_ticket_because
+from tocsin.monitor import states
+from tocsin.web import render
+from tocsin.web.access import visitor
+from tocsin.web.site import OrgSite
+
+# What the board shows, in this order: the tracker's health, but a subject held by a window,
+# a parent, its group or the storm says so, and one flapping says that.
+SHOWN = (
+    ("down", "Down"),
+    ("failing", "Failing"),
+    ("flapping", "Flapping"),
+    ("recovering", "Recovering"),
+    ("covered", "Covered by a parent or group"),
+    ("maintenance", "In maintenance"),
+    ("unknown", "Unknown"),
+    ("up", "Up"),
+)
+SHOWN_NAMES = dict(SHOWN)
+ORDER = {key: n for n, (key, _) in enumerate(SHOWN)}
+MAX_ROWS = 2000  # rows one page shows; the counts cover them all
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    row: states.StateRow
+    shown: str  # a SHOWN key
+    because: str | None
+    space: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.row.key.type}:{self.row.key.id}"
+
+
+def shown(row: states.StateRow, because: str | None) -> str:
+    held = row.state.get("held_by") or ""
+    if row.maintenance_until is not None or (because or "").startswith("maintenance"):
+        return "maintenance"
+    if held.startswith("maintenance:") and row.health in ("failing", "unreachable"):
+        return "maintenance"
+    if row.flapping:
+        return "flapping"
+    if row.health == "unreachable" or because is not None:
+        return "covered"
+    return row.health if row.health in SHOWN_NAMES else "unknown"
+
+
+async def board_page(request: web.Request) -> web.Response:
+    context, session = await visitor(request)
+    site = context.site.org(session.org)
+    if site is None:
+        raise ApiError(404, "org_not_found", f"no org {session.org!r}", "org")
+    api = context.api
+    rows = (
+        api.subjects(session.org)
+        if api.subjects is not None
+        else await states.load(api.store.database.read, session.org)
+    )
+    groups = group_tickets(rows)
+    wanted = request.query.get("health", "")
+    if wanted and wanted not in SHOWN_NAMES:
+        allowed = ", ".join(SHOWN_NAMES)
+        raise ApiError(
+            422, "invalid_value", f"health: {wanted!r} is not one of {allowed}", "health"
+        )
+    needle = request.query.get("q", "").casefold().strip()
+    counts = dict.fromkeys(SHOWN_NAMES, 0)
+    chosen: list[BoardRow] = []
+    for row in rows:
+        because = no_ticket_because(row, groups)
+        board_row = BoardRow(row, shown(row, because), because, _space_of(site, row))
+        counts[board_row.shown] += 1
+        if wanted and board_row.shown != wanted:
+            continue
+        if needle and needle not in row.name.casefold() and needle not in row.key.id.casefold():
+            continue
+        chosen.append(board_row)
+    return render.page(
+        request,
+        "subjects.html",
+        session,
+        {
+            "org": site,
+            "counts": [(key, name, counts[key]) for key, name in SHOWN],
+            "total": len(rows),
+            "sections": _sections(site, chosen[:MAX_ROWS]),
+            "cut": max(0, len(chosen) - MAX_ROWS),
+            "wanted": wanted,
+            "q": request.query.get("q", ""),
+            "names": SHOWN_NAMES,
+        },
+    )
+
+
+def _space_of(site: OrgSite, row: states.StateRow) -> str | None:
+    ref = site.subjects.get((row.key.type, row.key.id))
+    return ref.space if ref is not None else None
+
+
+def _sections(site: OrgSite, rows: list[BoardRow]) -> list[dict[str, Any]]:
+    """Rows by space (the config's order, then integrations and subjects in no space), the
+    worst first within each."""
+    by_space: dict[str | None, list[BoardRow]] = {}
+    for row in rows:
+        by_space.setdefault(row.space, []).append(row)
+    order = [*site.spaces, None]
+    sections = []
+    for space in order:
+        members = by_space.get(space)
+        if not members:
+            continue
+        members.sort(key=lambda r: (ORDER[r.shown], r.row.name.casefold()))
+        sections.append(
+            {
+                "id": space or "",
+                "name": site.space_name(space) if space else "Not in a space",
+                "rows": members,
+            }
+        )
+    return sections

@@ -1,0 +1,94 @@
+"""Webhook deliveries for write users: the org's endpoints and their health, recent
+deliveries with status and attempts, and Redeliver (the API's operation)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from tocsin import cursors
+from tocsin.api.errors import ApiError
+from tocsin.api.query import enum_values, whole_number
+from tocsin.delivery import ops
+from tocsin.delivery.outbox import Status
+from tocsin.tickets.store import utcnow
+from tocsin.web import render
+from tocsin.web.access import WRITE, posted, visitor
+from tocsin.web.context import WebContext
+from tocsin.web.sessions import Session
+
+PAGE_SIZE = 50
+
+
+async def _page(
+    request: web.Request,
+    context: WebContext,
+    session: Session,
+    *,
+    error: str | None = None,
+    notice: str | None = None,
+    status: int = 200,
+) -> web.Response:
+    site = context.site.org(session.org)
+    if site is None:
+        raise ApiError(404, "org_not_found", f"no org {session.org!r}", "org")
+    read = context.api.store.database.read
+    statuses = [s.value for s in enum_values(request.query, "status", Status)]
+    endpoint = request.query.get("endpoint") or None
+    raw_cursor = request.query.get("cursor")
+    before = cursors.decode("delivery", raw_cursor) if raw_cursor else None
+    if raw_cursor and before is None:
+        raise ApiError(422, "invalid_value", "cursor: not a cursor this page gave out", "cursor")
+    rows, more = await ops.list_deliveries(
+        read,
+        org=session.org,
+        endpoint=endpoint,
+        statuses=statuses,
+        limit=PAGE_SIZE,
+        before=before,
+    )
+    endpoints = await ops.endpoint_health(read, site.webhooks, with_counts=False)
+    next_href = None
+    if more is not None:
+        next_href = f"/orgs/{session.org}/webhooks?cursor={cursors.encode('delivery', more)}"
+    return render.page(
+        request,
+        "webhooks.html",
+        session,
+        {
+            "org": site,
+            "endpoints": endpoints,
+            "deliveries": rows,
+            "next_href": next_href,
+            "error": error,
+            "notice": notice,
+            "statuses": [s.value for s in Status],
+            "status_filter": ",".join(statuses),
+            "endpoint": endpoint or "",
+        },
+        status=status,
+    )
+
+
+async def webhooks_page(request: web.Request) -> web.Response:
+    context, session = await visitor(request, WRITE)
+    again = request.query.get("redelivered", "")
+    notice = f"Delivery {again} is queued to be sent again now." if whole_number(again) else None
+    return await _page(request, context, session, notice=notice)
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    context, session, _ = await posted(request, WRITE)
+    raw = request.match_info["delivery_id"]
+    if not whole_number(raw):
+        raise ApiError(400, "invalid_delivery_id", f"no delivery {raw!r}", "delivery_id")
+    delivery_id = int(raw)
+    now = utcnow()
+    try:
+        await context.api.store.writer.run(
+            lambda conn: ops.redeliver(conn, delivery_id, now, session.org)
+        )
+    except ops.DeliveryNotFound as exc:
+        return await _page(request, context, session, error=str(exc), status=404)
+    except ops.DeliveryInFlight as exc:
+        return await _page(request, context, session, error=str(exc), status=409)
+    raise web.HTTPSeeOther(f"/orgs/{session.org}/webhooks?redelivered={delivery_id}")

@@ -1,0 +1,85 @@
+"""What the pages need to know of the config, per org: its spaces, which space each subject is
+in, the subjects people can report about, its webhook endpoints and its sign-in users.
+
+Built on first use after a start or a reload (a site of 100,000 subjects pays for it only when
+someone opens a page), from the same helpers the monitor uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tocsin.config import Settings
+from tocsin.monitor.config import spaces_of
+
+
+@dataclass(frozen=True)
+class SubjectRef:
+    type: str
+    id: str
+    name: str
+    space: str | None  # the space's id
+
+    @property
+    def ref(self) -> str:
+        """How a form names it: "device:lobby-cam-1"."""
+        return f"{self.type}:{self.id}"
+
+
+@dataclass
+class OrgSite:
+    slug: str
+    name: str
+    spaces: dict[str, str] = field(default_factory=dict)  # id -> name, config order
+    subjects: dict[tuple[str, str], SubjectRef] = field(default_factory=dict)  # (type, id) ->
+    webhooks: list[str] = field(default_factory=list)
+
+    def space_name(self, space_id: str | None) -> str | None:
+        return None if space_id is None else self.spaces.get(space_id, space_id)
+
+    def in_space(self, space_id: str) -> list[SubjectRef]:
+        """The space itself and every subject in it."""
+        return [ref for ref in self.subjects.values() if ref.space == space_id]
+
+
+def build(settings: Settings) -> dict[str, OrgSite]:
+    config = settings.config
+    sites = {org.slug: OrgSite(org.slug, org.name) for org in config.orgs}
+    for key, info in spaces_of(config.spaces, config.devices).items():
+        site = sites.get(key.org)
+        if site is not None:
+            site.spaces[key.id] = info.name
+            site.subjects[("space", key.id)] = SubjectRef("space", key.id, info.name, key.id)
+    for device in config.devices:
+        site = sites.get(device.org)
+        if site is not None:
+            site.subjects[("device", device.id)] = SubjectRef(
+                "device", device.id, device.name, device.space
+            )
+    for integration in config.integrations:
+        site = sites.get(integration.org)
+        if site is not None:
+            site.subjects[("integration", integration.id)] = SubjectRef(
+                "integration", integration.id, integration.name, None
+            )
+    for webhook in config.webhooks:
+        for slug in webhook.orgs or list(sites):
+            if slug in sites:
+                sites[slug].webhooks.append(webhook.name)
+    return sites
+
+
+class Site:
+    """The config's view for pages; `reload` drops it, the next page builds it again."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._orgs: dict[str, OrgSite] | None = None
+
+    def reload(self, settings: Settings) -> None:
+        self.settings, self._orgs = settings, None
+
+    def org(self, slug: str) -> OrgSite | None:
+        if self._orgs is None:
+            self._orgs = build(self.settings)
+        return self._orgs.get(slug)

@@ -1,0 +1,70 @@
+// tocsin's pages work without this file; with it, they update themselves: a page that names a
+// live stream (data-live on <body>) reloads its #live part when the server says something
+// changed, and relative times ("3 min ago") stay current. No inline script: the CSP forbids it.
+(function () {
+  "use strict";
+
+  function ago(iso) {
+    var seconds = Math.floor((Date.now() - Date.parse(iso)) / 1000);
+    if (isNaN(seconds)) return null;
+    if (seconds < 45) return "just now";
+    var units = [["d", 86400], ["h", 3600], ["min", 60]];
+    for (var i = 0; i < units.length; i++) {
+      if (seconds >= units[i][1]) return Math.floor(seconds / units[i][1]) + " " + units[i][0] + " ago";
+    }
+    return "1 min ago";
+  }
+
+  function refreshTimes(root) {
+    var times = root.querySelectorAll("time[datetime]");
+    for (var i = 0; i < times.length; i++) {
+      var text = ago(times[i].getAttribute("datetime"));
+      if (text) times[i].textContent = text;
+    }
+  }
+
+  var busy = false, again = false;
+  function reload() {
+    var live = document.getElementById("live");
+    if (!live) return;
+    // Never pull the page from under someone typing in or focused on the live part.
+    if (live.contains(document.activeElement) && document.activeElement !== document.body) {
+      again = true;
+      return;
+    }
+    if (busy) { again = true; return; }
+    busy = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (response) { return response.ok ? response.text() : null; })
+      .then(function (html) {
+        if (html === null) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
+        if (fresh) {
+          live.innerHTML = fresh.innerHTML;
+          document.body.setAttribute("data-refreshed", String(Date.now()));
+        }
+      })
+      .catch(function () {})
+      .then(function () {
+        busy = false;
+        if (again) { again = false; setTimeout(reload, 500); }
+      });
+  }
+
+  function listen() {
+    var url = document.body.getAttribute("data-live");
+    if (!url || !window.EventSource) return;
+    var source = new EventSource(url);
+    source.addEventListener("tickets", reload);
+    source.addEventListener("subjects", reload);
+  }
+
+  document.addEventListener("focusout", function () {
+    if (again) { again = false; setTimeout(reload, 300); }
+  });
+  document.addEventListener("DOMContentLoaded", function () {
+    refreshTimes(document);
+    setInterval(function () { refreshTimes(document); }, 30000);
+    listen();
+  });
+})();
