@@ -21,10 +21,18 @@ POLL = 2.0  # s: how often the monitor's change marker is read while someone lis
 
 
 class Live:
-    def __init__(self, subjects_changed: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        subjects_changed: Callable[[], float] | None = None,
+        *,
+        every: float = EVERY,
+        keepalive: float = KEEPALIVE,
+        poll: float = POLL,
+    ) -> None:
         """`subjects_changed`: the monitor's marker of its last health change (any value that
         changes when the health board would)."""
         self._subjects_changed = subjects_changed
+        self._every, self._keepalive, self._poll = every, keepalive, poll
         self._versions = {"tickets": 0, "subjects": 0}
         self._wake = asyncio.Event()  # set and replaced on every change
         self._closing = False
@@ -40,7 +48,7 @@ class Live:
         """A ticket write committed: tell the streams within EVERY seconds (coalesced)."""
         if self._listeners and self._pending is None:
             loop = asyncio.get_running_loop()
-            self._pending = loop.call_later(EVERY, self._fire, "tickets")
+            self._pending = loop.call_later(self._every, self._fire, "tickets")
 
     def _fire(self, kind: str) -> None:
         self._pending = None
@@ -55,7 +63,7 @@ class Live:
         assert self._subjects_changed is not None
         seen = self._subjects_changed()
         while True:
-            await asyncio.sleep(POLL)
+            await asyncio.sleep(self._poll)
             marker = self._subjects_changed()
             if marker != seen:
                 seen = marker
@@ -80,7 +88,7 @@ class Live:
             await response.write(b"retry: 5000\n\n")
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), KEEPALIVE)
+                    await asyncio.wait_for(self._wake.wait(), self._keepalive)
                 if self._closing:
                     break
                 changed = [k for k in kinds if self._versions[k] != seen[k]]

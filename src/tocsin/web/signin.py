@@ -210,7 +210,7 @@ async def _start_session(
     log.info("signed in", org=org, name=name, via=via, client=request.remote)
     if target is None or not target.startswith(f"/orgs/{org}/"):
         target = f"/orgs/{org}/tickets"
-    response = web.HTTPSeeOther(target)
+    response = _see_other(target)
     response.set_cookie(
         COOKIE,
         session_id,
@@ -236,9 +236,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
         await context.api.store.writer.run(lambda conn: remove(conn, session_id))
         context.sessions.forget(session_id)
         log.info("signed out", org=session.org, name=session.name)
-    response = web.HTTPSeeOther("/login")
+    response = _see_other("/login")
     response.del_cookie(COOKIE, path="/")
     return response
+
+
+def _see_other(target: str) -> web.Response:
+    """A 303 that carries cookies (an HTTPException is raised, not returned)."""
+    return web.Response(status=303, headers={"Location": target})
 
 
 async def home(request: web.Request) -> web.StreamResponse:
