@@ -21,6 +21,10 @@ compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need_apt+=(faket
 # The packaging tests check systemd/ with systemd-analyze and systemd-sysusers (no running
 # systemd needed).
 { have systemd-analyze && have systemd-sysusers; } || need_apt+=(systemd)
+# The web pages' browser tests (tests/web): Debian's chromium, driven by playwright's Python
+# package (no browser download), and npm for axe-core, the accessibility checker they inject.
+have chromium || need_apt+=(chromium)
+command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
@@ -32,6 +36,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[dev]"
+# axe-core for the accessibility pass, into the checkout's .cache (ignored by git).
+if [ ! -f .cache/npm/node_modules/axe-core/axe.min.js ]; then
+  npm install --no-audit --no-fund --silent --prefix .cache/npm "axe-core@^4.10" >/dev/null
+fi
 
 echo "== ruff"
 .venv/bin/ruff check src tests bench

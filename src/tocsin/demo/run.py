@@ -371,6 +371,7 @@ async def run_demo(
             for line in (
                 "tocsin demo: a simulated site on loopback, watched by tocsin (Ctrl-C stops it)",
                 f"  API       {api}",
+                f"  web       {base}/orgs/{ORG}/tickets   (sign in with the token below)",
                 f"  token     {DEMO_TOKEN}   curl -s -H 'Authorization: Bearer {DEMO_TOKEN}' {api}",
                 f"  tickets   tocsin tickets list --config {config_path}",
                 f"  health    tocsin subjects --config {config_path}",
