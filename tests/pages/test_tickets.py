@@ -3,12 +3,15 @@ only where legal and allowed; the API's rules and messages; markup in any field 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 from html import unescape
 
 from tests.pages.conftest import Site, state_row
 from tocsin.tickets.model import Actor, ActorType, Source
 from tocsin.tickets.transitions import Action
+from tocsin.web.context import WEB_CONTEXT, Counts
 
 
 def tab_counts(html: str) -> dict[str, int]:
@@ -236,3 +239,27 @@ async def test_a_group_ticket_lists_the_devices_it_covers_and_their_health(site:
     assert [ref for ref, _ in members] == ["device:cam-1"]  # cam-2 is in another space
     assert "unreachable" in members[0][1]
     assert f"group #{seq}" in members[0][1]
+
+
+async def test_tab_counts_follow_a_write_at_once_and_another_process_s_within_seconds(
+    site: Site,
+) -> None:
+    seq = await site.open(key="a")
+    browser = await site.signed_in()
+    assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 1
+    await site.open(key="b")  # through this process's store: the counts are cleared
+    assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 2
+    app = site.server.app
+    assert app is not None
+    moment = [0.0]
+    app[WEB_CONTEXT].counts = Counts(ttl=5.0, monotonic=lambda: moment[0])
+    assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 2
+    # Another process (the CLI) resolves #1: this one is not told, and counts it again later.
+    path = site.store.database.sqlite_path
+    assert path is not None
+    with contextlib.closing(sqlite3.connect(path)) as other, other:
+        other.execute("UPDATE tickets SET state = 'resolved' WHERE seq = ?", (seq,))
+    moment[0] = 4.0
+    assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 2
+    moment[0] = 5.5
+    assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 1

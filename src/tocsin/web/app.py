@@ -116,6 +116,7 @@ def add_pages(
     app[WEB_CONTEXT] = context
     render.setup(app)
     api.store.on_triggers(context.live.tickets_changed)
+    api.store.on_triggers(context.counts.clear)
 
     async def close_streams(app: web.Application) -> None:
         await context.live.close()

@@ -3,8 +3,9 @@ config's view for pages, the sessions and the live stream."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,8 @@ from aiohttp import web
 
 from tocsin.api.context import ApiContext
 from tocsin.config import Settings
-from tocsin.tickets.store import utcnow
+from tocsin.tickets.model import State
+from tocsin.tickets.store import TicketFilter, utcnow
 from tocsin.web.live import Live
 from tocsin.web.sessions import SessionBook
 from tocsin.web.site import Site
@@ -24,6 +26,7 @@ class WebContext:
     site: Site
     sessions: SessionBook
     live: Live
+    counts: Counts = field(default_factory=lambda: Counts())
     clock: Callable[[], datetime] = utcnow  # sessions' start and expiry
     # Per client address: a lock held while a sign-in (and a failure's wait) runs, and how
     # many are waiting for it, so guesses from one address queue up one by one.
@@ -40,6 +43,36 @@ class WebContext:
 
     def reload(self, settings: Settings) -> None:
         self.site.reload(settings)
+
+
+CountOf = Callable[[str, TicketFilter], Awaitable[dict[State, int]]]
+
+
+class Counts:
+    """The list's tab counts, kept a few seconds: counting an org's tickets by state reads
+    every one of them (9 ms at 100,000 in SQLite), and every view of the list shows them.
+    A ticket write in this process clears them (`clear`, on the store's triggers); a write
+    from another process (the CLI) shows within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._monotonic = monotonic
+        self._kept: dict[tuple[str, TicketFilter], tuple[float, dict[State, int]]] = {}
+
+    async def get(self, org: str, filters: TicketFilter, count: CountOf) -> dict[State, int]:
+        key = (org, replace(filters, states=()))
+        now = self._monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and now - kept[0] < self._ttl:
+            return kept[1]
+        counts = await count(org, filters)
+        if len(self._kept) >= 256:  # searches make many keys: keep the latest
+            self._kept.clear()
+        self._kept[key] = (now, counts)
+        return counts
+
+    def clear(self) -> None:
+        self._kept.clear()
 
 
 WEB_CONTEXT = web.AppKey("web_context", WebContext)

@@ -92,5 +92,11 @@ def page(
     if session is not None and session.scope == "write":
         org = request.app[WEB_CONTEXT].api.org(session.org)
         report_link = org is not None and org.report_issue
-    context = {"session": session, "path": request.path, "report_link": report_link, **values}
+    context = {
+        "session": session,
+        "path": request.path,
+        "report_link": report_link,
+        "now": utcnow(),  # one moment for every "3 min ago" on the page
+        **values,
+    }
     return aiohttp_jinja2.render_template(template, request, context, status=status)

@@ -84,7 +84,7 @@ async def list_page(request: web.Request) -> web.Response:
     filters, cursor, tab = _filters(request, site)
     store = context.api.store
     page = await store.list_tickets(org, filters, limit=PAGE_SIZE, cursor=cursor)
-    counts = await store.count_by_state(org, filters)
+    counts = await context.counts.get(org, filters, store.count_by_state)
     last = await store.last_events([t.id for t in page.tickets])
     chosen = {name: request.query.get(name, "") for name in FILTERS}
     tabs = [

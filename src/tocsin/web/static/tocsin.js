@@ -55,8 +55,11 @@
     var url = document.body.getAttribute("data-live");
     if (!url || !window.EventSource) return;
     var source = new EventSource(url);
-    source.addEventListener("tickets", reload);
-    source.addEventListener("subjects", reload);
+    // Every open page hears the same event at once: spread their reloads over 1.5 s so the
+    // daemon is not asked for them all in the same moment.
+    function soon() { setTimeout(reload, Math.random() * 1500); }
+    source.addEventListener("tickets", soon);
+    source.addEventListener("subjects", soon);
   }
 
   document.addEventListener("focusout", function () {
