@@ -12,9 +12,9 @@ from pydantic import BaseModel
 from tests.conftest import Api, token_value
 from tocsin.api import schemas
 from tocsin.api.app import make_app
-from tocsin.web.app import is_page
 from tocsin.config import Settings
 from tocsin.tickets.store import TicketStore
+from tocsin.web.app import is_page
 
 OPENAPI = "/api/v1/openapi.json"
 TICKETS = "/api/v1/orgs/acme/tickets"

@@ -110,7 +110,8 @@ async def test_the_health_board_groups_subjects_by_space_with_counts(site: Site)
     page = await browser.get("/orgs/acme/subjects")
     counts = dict(re.findall(r'data-health-count="(\w+)"[^>]*><span class="n">(\d+)', page.html))
     assert counts["down"] == "1"
-    assert counts["up"] == "3"
+    assert counts["up"] == "1"  # the two devices: a space's row is its heading
+    assert counts["unknown"] == "0"
     sections = re.findall(r'<section data-space="(\w*)"', page.html)
     assert sections == ["lobby", "dock"]
     row = re.search(r'<tr id="device:cam-1".*?</tr>', page.html, re.S)
@@ -140,6 +141,9 @@ async def test_the_health_board_says_who_is_covered_by_a_group_or_in_maintenance
     assert covered
     assert covered.group(1) == "covered"
     assert f"group #{group}" in page.html
+    heading = re.search(r'<section data-space="lobby".*?</h2>', page.html, re.S)
+    assert heading is not None
+    assert f"Multiple devices offline #{group}" in heading.group(0)
     assert maintained
     assert maintained.group(1) == "maintenance"
 

@@ -12,6 +12,7 @@ from aiohttp import web
 from tocsin.api.errors import ApiError
 from tocsin.api.subjects import group_tickets, no_ticket_because
 from tocsin.monitor import states
+from tocsin.monitor.storm import STORM_ID
 from tocsin.web import render
 from tocsin.web.access import visitor
 from tocsin.web.site import OrgSite
@@ -73,13 +74,19 @@ async def board_page(request: web.Request) -> web.Response:
     wanted = request.query.get("health", "")
     if wanted and wanted not in SHOWN_NAMES:
         allowed = ", ".join(SHOWN_NAMES)
-        raise ApiError(
-            422, "invalid_value", f"health: {wanted!r} is not one of {allowed}", "health"
-        )
+        message = f"health: {wanted!r} is not one of {allowed}"
+        raise ApiError(422, "invalid_value", message, "health")
     needle = request.query.get("q", "").casefold().strip()
     counts = dict.fromkeys(SHOWN_NAMES, 0)
     chosen: list[BoardRow] = []
+    # A space's own row and the org's storm subject are not devices to count: their tickets
+    # (Multiple devices offline) are shown on the space's heading and above the board.
+    incidents = {
+        row.key.id: row.ticket_seq for row in rows if row.key.type != "device" and row.ticket_seq
+    }
     for row in rows:
+        if row.key.type == "space" or (row.key.type == "other" and row.key.id == STORM_ID):
+            continue
         because = no_ticket_because(row, groups)
         board_row = BoardRow(row, shown(row, because), because, _space_of(site, row))
         counts[board_row.shown] += 1
@@ -95,8 +102,9 @@ async def board_page(request: web.Request) -> web.Response:
         {
             "org": site,
             "counts": [(key, name, counts[key]) for key, name in SHOWN],
-            "total": len(rows),
-            "sections": _sections(site, chosen[:MAX_ROWS]),
+            "total": sum(counts.values()),
+            "sections": _sections(site, chosen[:MAX_ROWS], incidents),
+            "storm": incidents.get(STORM_ID),
             "cut": max(0, len(chosen) - MAX_ROWS),
             "wanted": wanted,
             "q": request.query.get("q", ""),
@@ -110,7 +118,9 @@ def _space_of(site: OrgSite, row: states.StateRow) -> str | None:
     return ref.space if ref is not None else None
 
 
-def _sections(site: OrgSite, rows: list[BoardRow]) -> list[dict[str, Any]]:
+def _sections(
+    site: OrgSite, rows: list[BoardRow], incidents: dict[str, int]
+) -> list[dict[str, Any]]:
     """Rows by space (the config's order, then integrations and subjects in no space), the
     worst first within each."""
     by_space: dict[str | None, list[BoardRow]] = {}
@@ -128,6 +138,7 @@ def _sections(site: OrgSite, rows: list[BoardRow]) -> list[dict[str, Any]]:
                 "id": space or "",
                 "name": site.space_name(space) if space else "Not in a space",
                 "rows": members,
+                "group_seq": incidents.get(space) if space else None,
             }
         )
     return sections

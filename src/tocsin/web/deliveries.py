@@ -34,6 +34,9 @@ async def _page(
     read = context.api.store.database.read
     statuses = [s.value for s in enum_values(request.query, "status", Status)]
     endpoint = request.query.get("endpoint") or None
+    if endpoint is not None and endpoint not in site.webhooks:
+        message = f"endpoint: no webhook {endpoint!r} receives this org's tickets"
+        raise ApiError(422, "invalid_value", message, "endpoint")
     raw_cursor = request.query.get("cursor")
     before = cursors.decode("delivery", raw_cursor) if raw_cursor else None
     if raw_cursor and before is None:
