@@ -72,8 +72,9 @@ QUERIES: list[tuple[str, str]] = [
 LISTINGS = {label for label, path in QUERIES if path.startswith("/api/")}
 
 
-def config_text(db_path: Path) -> str:
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
+def config_text(db_path: Path, scope: str = "read", token: str = TOKEN) -> str:
+    """One org with one token (`bench-<scope>`), the store at `db_path`."""
+    digest = hashlib.sha256(token.encode()).hexdigest()
     return f"""
 [server]
 listen = "127.0.0.1:0"
@@ -84,8 +85,8 @@ url = "sqlite+aiosqlite:///{db_path}"
 slug = "{ORG}"
 name = "Bench Inc"
 [[orgs.tokens]]
-name = "bench-read"
-scope = "read"
+name = "bench-{scope}"
+scope = "{scope}"
 token_sha256 = "{digest}"
 """
 
@@ -225,6 +226,12 @@ async def serve(db_path: Path) -> None:
     app = make_app(settings, store)
     app.router.add_get("/bench/json", baseline_json)
     app.router.add_get("/bench/bytes", baseline_bytes)
+    await serve_until_stopped(app, store, db)
+
+
+async def serve_until_stopped(app: web.Application, store: TicketStore, db: Database) -> None:
+    """Serve `app` on a free 127.0.0.1 port, print "READY <port>" for the parent, and run
+    until SIGTERM or SIGINT; then close the app, the store and the database."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

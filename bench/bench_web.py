@@ -57,7 +57,6 @@ import argparse
 import asyncio
 import contextlib
 import gzip
-import hashlib
 import json
 import os
 import random
@@ -88,6 +87,10 @@ from tocsin.db.engine import Database, open_database
 from tocsin.tickets.model import ActorType, EventType, Kind, Source, State, SubjectType
 from tocsin.tickets.store import TicketStore
 
+# Run as a script from the repository root: bench/ is on sys.path, its sibling imports.
+from bench_api_list import config_text as api_list_config  # isort: skip
+from bench_api_list import load_average, pct, rss_kib, serve_until_stopped  # isort: skip
+
 ORG = "bench"
 TOKEN = "bench-write-token"
 BASE_URL = "http://tocsin.bench"
@@ -97,26 +100,8 @@ EVENT_WAIT = 5.0  # s: how long every stream has to see the change
 
 
 def config_text(db_path: Path) -> str:
-    digest = hashlib.sha256(TOKEN.encode()).hexdigest()
-    return f"""
-[server]
-listen = "127.0.0.1:0"
-public_url = "{BASE_URL}"
-[store]
-url = "sqlite+aiosqlite:///{db_path}"
-[[orgs]]
-slug = "{ORG}"
-name = "Bench Inc"
-[[orgs.tokens]]
-name = "bench-write"
-scope = "write"
-token_sha256 = "{digest}"
-"""
-
-
-def load_average() -> str:
-    """The 1-minute load average and the CPU count: other processes skew every figure here."""
-    return f"load average {Path('/proc/loadavg').read_text().split()[0]} on {os.cpu_count()} CPUs"
+    """bench_api_list's org, with a write token: the pages' sign-in and a comment need one."""
+    return api_list_config(db_path, "write", TOKEN)
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -326,35 +311,10 @@ async def serve(db_path: Path) -> None:
 
     app = make_app(settings, store)
     app.router.add_get("/bench/bytes", baseline_bytes)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    port = runner.addresses[0][1]
-    print(f"READY {port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        await store.close()
-        await db.dispose()
+    await serve_until_stopped(app, store, db)
 
 
 # -- measuring the server from outside ----------------------------------------------------------
-
-
-def rss_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak) of a process, in KiB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0])
-    return values
 
 
 def cpu_seconds(pid: int) -> float:
@@ -390,11 +350,6 @@ async def cpu_window(pid: int, seconds: float, label: str) -> CpuWindow:
         100 * (cpu1 - cpu0) / wall,
         100 * (busy1 - busy0) / max(1, total1 - total0),
     )
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 # -- the client ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ browser-like client: a cookie jar, forms posted with the CSRF token the page gav
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -214,18 +215,29 @@ def state_row(
     )
 
 
-@pytest.fixture
-async def site(db_url: str, store: TicketStore, clock: FakeClock) -> AsyncIterator[Site]:
-    settings = parse(site_config(db_url))
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Settings, store: TicketStore, clock: FakeClock | None = None
+) -> AsyncIterator[Site]:
+    """The API and pages of `settings` on a free loopback port, until the block ends."""
     app = make_app(settings, store)
-    app[WEB_CONTEXT].clock = clock
+    if clock is not None:
+        app[WEB_CONTEXT].clock = clock
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     running = Site(settings, store, str(server.make_url("")).rstrip("/"), server, [])
-    yield running
-    for session in running.browsers:
-        await session.close()
-    await server.close()
+    try:
+        yield running
+    finally:
+        for session in running.browsers:
+            await session.close()
+        await server.close()
+
+
+@pytest.fixture
+async def site(db_url: str, store: TicketStore, clock: FakeClock) -> AsyncIterator[Site]:
+    async with serving(parse(site_config(db_url)), store, clock) as running:
+        yield running
 
 
 @pytest.fixture

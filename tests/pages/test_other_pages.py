@@ -9,10 +9,8 @@ from html import unescape
 from pathlib import Path
 
 import aiohttp
-from aiohttp.test_utils import TestServer
 
-from tests.pages.conftest import Site, site_config, state_row
-from tocsin.api.app import make_app
+from tests.pages.conftest import Site, serving, site_config, state_row
 from tocsin.config import parse
 from tocsin.delivery import outbox
 from tocsin.delivery.endpoints import endpoints_from
@@ -78,10 +76,7 @@ async def test_report_issue_is_refused_where_the_org_has_not_enabled_it(
     db_url: str, store: TicketStore
 ) -> None:
     settings = parse(site_config(db_url, report_issue=False))
-    server = TestServer(make_app(settings, store), host="127.0.0.1")
-    await server.start_server()
-    site = Site(settings, store, str(server.make_url("")).rstrip("/"), server, [])
-    try:
+    async with serving(settings, store) as site:
         browser = await site.signed_in()
         assert "Report issue" not in (await browser.get("/orgs/acme/tickets")).html
         page = await browser.get("/orgs/acme/report")
@@ -90,10 +85,6 @@ async def test_report_issue_is_refused_where_the_org_has_not_enabled_it(
         await browser.get("/orgs/acme/tickets")
         posted = await browser.post("/orgs/acme/report", {"subject": "device:cam-1"})
         assert posted.status == 403
-    finally:
-        for session in site.browsers:
-            await session.close()
-        await server.close()
 
 
 async def test_the_health_board_groups_subjects_by_space_with_counts(site: Site) -> None:
@@ -161,10 +152,7 @@ async def test_write_users_see_deliveries_and_redeliver_one(
 ) -> None:
     env = {"HOOK_SECRET": "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}
     settings = parse(hooks_config(db_url, "http://127.0.0.1:9/hook"), env=env)
-    server = TestServer(make_app(settings, store), host="127.0.0.1")
-    await server.start_server()
-    site = Site(settings, store, str(server.make_url("")).rstrip("/"), server, [])
-    try:
+    async with serving(settings, store) as site:
         seq = await site.open()
         now = datetime.now(UTC)
         await store.writer.run(lambda c: outbox.ensure_endpoints(c, ["ops-chat"], now))
@@ -186,10 +174,6 @@ async def test_write_users_see_deliveries_and_redeliver_one(
         reader = await site.signed_in("viewer")
         assert (await reader.get("/orgs/acme/webhooks")).status == 403
         assert 'href="/orgs/acme/webhooks"' not in (await reader.get("/orgs/acme/tickets")).html
-    finally:
-        for session in site.browsers:
-            await session.close()
-        await server.close()
 
 
 async def test_every_page_carries_a_strict_policy_and_the_api_keeps_json_errors(

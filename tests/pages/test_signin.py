@@ -10,7 +10,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.conftest import FakeClock
-from tests.pages.conftest import Site, site_config, token_value
+from tests.pages.conftest import Site, serving, site_config, token_value
 from tocsin.api.app import make_app
 from tocsin.config import parse
 from tocsin.tickets.store import TicketStore
@@ -81,10 +81,7 @@ async def test_a_failed_sign_in_waits_the_login_delay_before_it_answers(
     db_url: str, store: TicketStore
 ) -> None:
     settings = parse(site_config(db_url).replace('login_delay = "0s"', 'login_delay = "1s"'))
-    server = TestServer(make_app(settings, store), host="127.0.0.1")
-    await server.start_server()
-    site = Site(settings, store, str(server.make_url("")).rstrip("/"), server, [])
-    try:
+    async with serving(settings, store) as site:
         browser = await site.browser()
         await browser.get("/login")
         started = time.monotonic()
@@ -95,10 +92,6 @@ async def test_a_failed_sign_in_waits_the_login_delay_before_it_answers(
         page = await browser.post("/login", {"token": token_value("ops")})
         assert page.status == 200
         assert time.monotonic() - started < 1.0  # a right one is not held back
-    finally:
-        for session in site.browsers:
-            await session.close()
-        await server.close()
 
 
 async def test_the_sign_in_form_without_its_csrf_token_is_refused(site: Site) -> None:
@@ -115,10 +108,7 @@ async def test_the_session_cookie_is_httponly_and_strict_and_secure_only_over_ht
 ) -> None:
     for public_url, secure in (("http://127.0.0.1", False), ("https://tocsin.example", True)):
         settings = parse(site_config(db_url, public_url=public_url))
-        server = TestServer(make_app(settings, store), host="127.0.0.1")
-        await server.start_server()
-        site = Site(settings, store, str(server.make_url("")).rstrip("/"), server, [])
-        try:
+        async with serving(settings, store) as site:
             browser = await site.browser()
             login = await browser.get("/login")
             async with browser.session.post(
@@ -137,10 +127,6 @@ async def test_the_session_cookie_is_httponly_and_strict_and_secure_only_over_ht
             assert "SameSite=Strict" in header
             assert ("Secure" in header) is secure
             assert token_value("ops") not in header
-        finally:
-            for session in site.browsers:
-                await session.close()
-            await server.close()
 
 
 async def test_a_session_survives_a_restart_of_the_daemon(site: Site, store: TicketStore) -> None:

@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from tocsin.api.auth import authenticate, require
-from tocsin.api.context import API_CONTEXT
+from tocsin.api.context import API_CONTEXT, ApiContext
 from tocsin.monitor import states
 from tocsin.monitor.maintenance import HOLD_PREFIX
 from tocsin.monitor.storm import STORM_HOLD, STORM_ID
@@ -102,15 +102,19 @@ def no_ticket_because(row: states.StateRow, groups: dict[str, int | None]) -> st
     return f"parent {held_by}"
 
 
+async def rows_of(context: ApiContext, org: str) -> list[states.StateRow]:
+    """The org's subjects: the running monitor's live view, else the last saved state."""
+    if context.subjects is not None:
+        return context.subjects(org)
+    return await states.load(context.store.database.read, org)
+
+
 async def list_subjects(request: web.Request) -> web.Response:
     context = request.app[API_CONTEXT]
     token = authenticate(request, context.tokens)
     org = request.match_info["org"]
     require(token, org, frozenset({"read"}))
-    if context.subjects is not None:
-        rows = context.subjects(org)
-    else:
-        rows = await states.load(context.store.database.read, org)
+    rows = await rows_of(context, org)
     groups = group_tickets(rows)
     subjects = [subject_json(r, context.base_url, groups) for r in rows]
     return web.json_response({"subjects": subjects})

@@ -34,7 +34,8 @@ def _caller(request: web.Request, needs: frozenset[str]) -> tuple[ApiContext, Ap
     return context, token, org
 
 
-def _seq(request: web.Request) -> int:
+def seq_of(request: web.Request) -> int:
+    """The ticket number in the path; a 400 naming `seq` for anything but one."""
     raw = request.match_info["seq"]
     if not whole_number(raw):
         raise ApiError(
@@ -78,7 +79,7 @@ def parse_list_query(query: MultiMapping[str]) -> tuple[TicketFilter, int, str |
 
 async def get_ticket(request: web.Request) -> web.Response:
     context, _, org = _caller(request, frozenset({"read"}))
-    return await _detail(context, org, _seq(request))
+    return await _detail(context, org, seq_of(request))
 
 
 async def open_ticket(request: web.Request) -> web.Response:
@@ -124,7 +125,7 @@ async def open_ticket(request: web.Request) -> web.Response:
 def _transition_handler(action: Action, needs: frozenset[str]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         context, token, org = _caller(request, needs)
-        seq = _seq(request)
+        seq = seq_of(request)
         body = TransitionIn.model_validate_json(await read_json_object(request))
         actor = actor_for(token, body.actor_name)
         await context.store.transition(org, seq, action, actor, body.comment)
@@ -141,7 +142,7 @@ reopen_ticket = _transition_handler(Action.REOPEN, frozenset({"write"}))
 
 async def add_comment(request: web.Request) -> web.Response:
     context, token, org = _caller(request, frozenset({"write", "workflow"}))
-    seq = _seq(request)
+    seq = seq_of(request)
     body = CommentIn.model_validate_json(await read_json_object(request))
     await context.store.comment(org, seq, actor_for(token, body.actor_name), body.body)
     return await _detail(context, org, seq, 201)
@@ -149,7 +150,7 @@ async def add_comment(request: web.Request) -> web.Response:
 
 async def edit_ticket(request: web.Request) -> web.Response:
     context, token, org = _caller(request, frozenset({"write"}))
-    seq = _seq(request)
+    seq = seq_of(request)
     body = EditIn.model_validate_json(await read_json_object(request))
     await context.store.edit_description(
         org, seq, actor_for(token, body.actor_name), body.description

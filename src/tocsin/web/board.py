@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from tocsin.api.errors import ApiError
-from tocsin.api.subjects import group_tickets, no_ticket_because
+from tocsin.api.subjects import group_tickets, no_ticket_because, rows_of
 from tocsin.monitor import states
 from tocsin.monitor.storm import STORM_ID
 from tocsin.web import render
@@ -64,12 +64,7 @@ async def board_page(request: web.Request) -> web.Response:
     site = context.site.org(session.org)
     if site is None:
         raise ApiError(404, "org_not_found", f"no org {session.org!r}", "org")
-    api = context.api
-    rows = (
-        api.subjects(session.org)
-        if api.subjects is not None
-        else await states.load(api.store.database.read, session.org)
-    )
+    rows = await rows_of(context.api, session.org)
     groups = group_tickets(rows)
     wanted = request.query.get("health", "")
     if wanted and wanted not in SHOWN_NAMES:

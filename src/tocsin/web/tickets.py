@@ -14,10 +14,8 @@ from aiohttp import web
 from multidict import MultiDict
 
 from tocsin.api.errors import ApiError, from_domain_error
-from tocsin.api.query import whole_number
-from tocsin.api.subjects import group_tickets, no_ticket_because
-from tocsin.api.tickets import parse_list_query
-from tocsin.monitor import states
+from tocsin.api.subjects import group_tickets, no_ticket_because, rows_of
+from tocsin.api.tickets import parse_list_query, seq_of
 from tocsin.tickets.model import Kind, Source, State, SubjectType, Ticket
 from tocsin.tickets.store import TicketFilter
 from tocsin.tickets.transitions import TRANSITIONS, Action
@@ -126,15 +124,6 @@ def _row(ticket: Ticket, site: OrgSite, last: Any) -> dict[str, Any]:
     return {"ticket": ticket, "space": site.space_name(space), "last": last}
 
 
-def _seq(request: web.Request) -> int:
-    raw = request.match_info["seq"]
-    if not whole_number(raw):
-        raise ApiError(
-            400, "invalid_seq", f"a ticket number is a positive integer, not {raw!r}", "seq"
-        )
-    return int(raw)
-
-
 def _actions(ticket: Ticket, session: Session) -> list[str]:
     """The actions legal on the ticket now that this person may take, in the page's order."""
     legal = [a.value for a in Action if ticket.state in TRANSITIONS[a].sources]
@@ -146,12 +135,7 @@ async def _members(context: WebContext, ticket: Ticket, site: OrgSite) -> list[d
     them now (a space's devices, or those the org's storm holds)."""
     if ticket.kind != Kind.MULTIPLE_DEVICES_OFFLINE.value:
         return []
-    api = context.api
-    rows = (
-        api.subjects(ticket.org)
-        if api.subjects is not None
-        else await states.load(api.store.database.read, ticket.org)
-    )
+    rows = await rows_of(context.api, ticket.org)
     groups = group_tickets(rows)
     if ticket.subject.type is SubjectType.SPACE:
         wanted = {
@@ -209,13 +193,13 @@ async def _detail(
 
 async def detail_page(request: web.Request) -> web.Response:
     context, session = await visitor(request, READ)
-    return await _detail(request, context, session, _seq(request))
+    return await _detail(request, context, session, seq_of(request))
 
 
 def _action_handler(name: str) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         context, session, form = await posted(request, NEEDS[name])
-        seq = _seq(request)
+        seq = seq_of(request)
         store = context.api.store
         draft: dict[str, str] = {}
         try:
