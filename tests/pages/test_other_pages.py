@@ -16,6 +16,7 @@ from tocsin.delivery import outbox
 from tocsin.delivery.endpoints import endpoints_from
 from tocsin.tickets.store import TicketStore
 from tocsin.web.app import CSP
+from tocsin.web.context import WEB_CONTEXT, SubjectRows
 
 
 def flash(html: str) -> str:
@@ -210,3 +211,27 @@ async def test_static_files_are_served_by_the_daemon_with_a_content_version(site
                 assert "max-age" in response.headers["Cache-Control"]
     external = re.findall(r'(?:href|src)="(https?:|//)', page.html)
     assert external == []
+
+
+async def test_the_board_reads_the_subjects_again_once_its_copy_is_a_few_seconds_old(
+    site: Site,
+) -> None:
+    app = site.server.app
+    assert app is not None
+    moment = [0.0]
+    app[WEB_CONTEXT].subjects = SubjectRows(ttl=3.0, monotonic=lambda: moment[0])
+    await site.save_states([state_row("device", "cam-1", "Lobby camera", "up")])
+    browser = await site.signed_in()
+    health = re.compile(r'<tr id="device:cam-1"[^>]*data-health="(\w+)"')
+
+    async def shown() -> str:
+        found = health.search((await browser.get("/orgs/acme/subjects")).html)
+        assert found is not None
+        return found.group(1)
+
+    assert await shown() == "up"
+    await site.save_states([state_row("device", "cam-1", "Lobby camera", "down")])
+    moment[0] = 2.0
+    assert await shown() == "up"  # every viewer shares one copy for a few seconds
+    moment[0] = 3.5
+    assert await shown() == "down"

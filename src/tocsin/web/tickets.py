@@ -14,7 +14,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from tocsin.api.errors import ApiError, from_domain_error
-from tocsin.api.subjects import group_tickets, no_ticket_because, rows_of
+from tocsin.api.subjects import group_tickets, no_ticket_because
 from tocsin.api.tickets import parse_list_query, seq_of
 from tocsin.tickets.model import Kind, Source, State, SubjectType, Ticket
 from tocsin.tickets.store import TicketFilter
@@ -135,7 +135,7 @@ async def _members(context: WebContext, ticket: Ticket, site: OrgSite) -> list[d
     them now (a space's devices, or those the org's storm holds)."""
     if ticket.kind != Kind.MULTIPLE_DEVICES_OFFLINE.value:
         return []
-    rows = await rows_of(context.api, ticket.org)
+    rows = await context.subjects.get(context.api, ticket.org)
     groups = group_tickets(rows)
     if ticket.subject.type is SubjectType.SPACE:
         wanted = {
