@@ -86,6 +86,7 @@ from tocsin.db import migrate, schema
 from tocsin.db.engine import Database, open_database
 from tocsin.tickets.model import ActorType, EventType, Kind, Source, State, SubjectType
 from tocsin.tickets.store import TicketStore
+from tocsin.web.app import add_pages
 
 # Run as a script from the repository root: bench/ is on sys.path, its sibling imports.
 from bench_api_list import config_text as api_list_config  # isort: skip
@@ -310,6 +311,7 @@ async def serve(db_path: Path) -> None:
         return web.Response(body=encoded, content_type="application/json")
 
     app = make_app(settings, store)
+    add_pages(app, settings)
     app.router.add_get("/bench/bytes", baseline_bytes)
     await serve_until_stopped(app, store, db)
 

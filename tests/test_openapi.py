@@ -14,7 +14,6 @@ from tocsin.api import schemas
 from tocsin.api.app import make_app
 from tocsin.config import Settings
 from tocsin.tickets.store import TicketStore
-from tocsin.web.app import is_page
 
 OPENAPI = "/api/v1/openapi.json"
 TICKETS = "/api/v1/orgs/acme/tickets"
@@ -31,12 +30,9 @@ async def document(api: Api) -> dict[str, Any]:
 
 
 def served_routes(settings: Settings, store: TicketStore) -> set[tuple[str, str]]:
-    """The API's routes: the web pages (HTML, tocsin.web) are not part of the document."""
     app = make_app(settings, store)
     routes = set()
     for resource in app.router.resources():
-        if is_page(resource.canonical):
-            continue
         for route in resource:
             if route.method != "HEAD":
                 routes.add((route.method, resource.canonical))

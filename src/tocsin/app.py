@@ -33,6 +33,7 @@ from tocsin.monitor.worker import WorkerProcess, cpus
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import SubjectHealth
 from tocsin.waits import first
+from tocsin.web.app import add_pages
 from tocsin.web.context import WEB_CONTEXT
 
 log = structlog.get_logger("tocsin")
@@ -62,10 +63,12 @@ class Daemon:
             subjects=self.monitor.monitor.rows,
             maintenance=self.monitor.monitor.maintenance.windows,
             maintenance_changed=self.monitor.monitor.reload_maintenance,
-            subjects_changed=self.monitor.monitor.changed_at,
             metrics=self.render_metrics,
             readiness=self.readiness,
         )
+        # The web pages, beside the API: they read through its context (the store, the
+        # monitor's views) and hear of the monitor's health changes for live pages.
+        add_pages(self.app, self.settings, subjects_changed=self.monitor.monitor.changed_at)
         self._webhooks: tuple[asyncio.Event, asyncio.Task[None]] | None = None
         self._webhooks_pending = 0
 

@@ -69,8 +69,12 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     _debug = level.lower() == "debug"
     out = stream or sys.stderr
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    # A traceback on a terminal without local variables: a failing sign-in's would hold the
+    # password it was given (redact_secrets sees the event's keys, not a frame's locals).
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from argon2 import PasswordHasher
 
@@ -26,6 +27,7 @@ from tocsin.probes.observation import SubjectKey
 from tocsin.tickets.model import Actor, Source, Subject, SubjectType
 from tocsin.tickets.store import TicketStore
 from tocsin.tickets.writes import OpenRequest
+from tocsin.web.app import add_pages
 from tocsin.web.context import WEB_CONTEXT
 
 TOKENS = {"ops": "write", "viewer": "read", "robot": "workflow"}
@@ -65,7 +67,8 @@ def site_config(
         lines += ["[[orgs.tokens]]", f'name = "{name}"', f'scope = "{scope}"']
         lines += [f'token_sha256 = "{digest}"']
     for name, (role, password) in users.items():
-        hashed = HASHES.get(name) or _hasher.hash(password)
+        known = USERS.get(name, ("", ""))[1] == password
+        hashed = HASHES[name] if known else _hasher.hash(password)
         lines += ["[[orgs.users]]", f'name = "{name}"', f'role = "{role}"']
         lines += [f'password_argon2 = "{hashed}"']
     beta = hashlib.sha256(token_value("beta").encode()).hexdigest()
@@ -215,12 +218,19 @@ def state_row(
     )
 
 
+def site_app(settings: Settings, store: TicketStore) -> web.Application:
+    """The API and the pages, wired as the daemon wires them (without a monitor)."""
+    app = make_app(settings, store)
+    add_pages(app, settings)
+    return app
+
+
 @contextlib.asynccontextmanager
 async def serving(
     settings: Settings, store: TicketStore, clock: FakeClock | None = None
 ) -> AsyncIterator[Site]:
     """The API and pages of `settings` on a free loopback port, until the block ends."""
-    app = make_app(settings, store)
+    app = site_app(settings, store)
     if clock is not None:
         app[WEB_CONTEXT].clock = clock
     server = TestServer(app, host="127.0.0.1")

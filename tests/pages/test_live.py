@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 
 from tests.pages.conftest import Browser, Site
+from tocsin.tickets.model import Actor, ActorType
 from tocsin.web.context import WEB_CONTEXT
 from tocsin.web.live import Live
 
@@ -29,7 +30,7 @@ def use(site: Site, live: Live) -> None:
     assert app is not None
     context = app[WEB_CONTEXT]
     context.live = live
-    site.store.on_triggers(live.tickets_changed)
+    site.store.on_change(live.tickets_changed)
 
 
 async def stream(browser: Browser, kinds: str) -> aiohttp.ClientResponse:
@@ -65,6 +66,9 @@ async def test_a_description_edit_fires_no_trigger_but_updates_open_pages(site: 
     await browser.get(f"/orgs/acme/tickets/{seq}")
     await browser.post(f"/orgs/acme/tickets/{seq}/edit", {"description": "new"})
     assert await read_events(response, 1) == ["tickets"]
+    # An edit through the API, or the monitor's, reaches open pages too.
+    await site.store.edit_description("acme", seq, Actor(ActorType.USER, "api"), "newer")
+    assert await read_events(response, 1) == ["tickets"]
     response.close()
 
 
@@ -88,6 +92,18 @@ async def test_stopping_ends_every_stream(site: Site) -> None:
     await live.close()
     rest = await asyncio.wait_for(response.content.read(), 5)  # to the end: it ended
     assert rest.strip() == b""
+    response.close()
+
+
+async def test_a_stream_ends_when_its_session_does(site: Site) -> None:
+    use(site, Live(every=0.05, keepalive=0.1))
+    browser = await site.signed_in()
+    response = await stream(browser, "tickets")
+    assert await read_events(response, 1) == ["idle"]
+    await browser.get("/orgs/acme/tickets")
+    await browser.post("/logout", {})
+    rest = await asyncio.wait_for(response.content.read(), 5)  # to the end: it ended
+    assert b"event:" not in rest
     response.close()
 
 

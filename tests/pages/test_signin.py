@@ -10,8 +10,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.conftest import FakeClock
-from tests.pages.conftest import Site, serving, site_config, token_value
-from tocsin.api.app import make_app
+from tests.pages.conftest import Site, serving, site_app, site_config, token_value
 from tocsin.config import parse
 from tocsin.tickets.store import TicketStore
 from tocsin.web.context import WEB_CONTEXT
@@ -132,7 +131,7 @@ async def test_the_session_cookie_is_httponly_and_strict_and_secure_only_over_ht
 async def test_a_session_survives_a_restart_of_the_daemon(site: Site, store: TicketStore) -> None:
     browser = await site.signed_in("ops")
     await site.server.close()
-    again = TestServer(make_app(site.settings, store), host="127.0.0.1")
+    again = TestServer(site_app(site.settings, store), host="127.0.0.1")
     await again.start_server()
     try:
         browser.base = str(again.make_url("")).rstrip("/")

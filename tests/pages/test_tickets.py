@@ -8,8 +8,10 @@ import re
 import sqlite3
 from html import unescape
 
-from tests.pages.conftest import Site, state_row
+from tests.pages.conftest import Site, serving, site_config, state_row
+from tocsin.config import parse
 from tocsin.tickets.model import Actor, ActorType, Source
+from tocsin.tickets.store import TicketStore
 from tocsin.tickets.transitions import Action
 from tocsin.web.context import WEB_CONTEXT, Counts
 
@@ -263,3 +265,20 @@ async def test_tab_counts_follow_a_write_at_once_and_another_process_s_within_se
     assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 2
     moment[0] = 5.5
     assert tab_counts((await browser.get("/orgs/acme/tickets")).html)["open"] == 1
+
+
+async def test_the_space_filter_takes_in_the_spaces_inside_it(
+    db_url: str, store: TicketStore
+) -> None:
+    extra = (
+        '[[spaces]]\norg = "acme"\nid = "reception"\nname = "Reception"\nparent = "lobby"\n'
+        '[[devices]]\norg = "acme"\nid = "desk-1"\nname = "Desk phone"\nspace = "reception"\n'
+        'probe = { type = "http", url = "http://127.0.0.1:9/" }\n'
+    )
+    async with serving(parse(site_config(db_url, extra=extra)), store) as site:
+        desk = await site.open(key="d", subject=("device", "desk-1", "Desk phone"))
+        lobby = await site.open(key="l")
+        await site.open(key="x", subject=("device", "cam-2", "Dock camera"))
+        browser = await site.signed_in()
+        assert (await browser.get("/orgs/acme/tickets?space=lobby")).seqs() == [lobby, desk]
+        assert (await browser.get("/orgs/acme/tickets?space=reception")).seqs() == [desk]

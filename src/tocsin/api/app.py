@@ -13,7 +13,6 @@ from tocsin.config import Settings
 from tocsin.monitor.maintenance import Window
 from tocsin.monitor.states import StateRow
 from tocsin.tickets.store import TicketStore
-from tocsin.web.app import add_pages, page_middleware
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -28,20 +27,15 @@ def make_app(
     readiness: Callable[[], dict[str, str]] | None = None,
     maintenance: Callable[[str], list[Window]] | None = None,
     maintenance_changed: Callable[[], Awaitable[None]] | None = None,
-    subjects_changed: Callable[[], float] | None = None,
 ) -> web.Application:
     """The API; the running monitor lends `ping` (serving /ping/{key}, push heartbeats),
     `subjects` (its live view of an org's subjects) and its maintenance windows (and how to
-    tell it the store's changed), and `subjects_changed`, a marker of its last health change
-    (the pages' live updates). The web pages are served beside the API."""
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, page_middleware]
-    )
+    tell it the store's changed)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
     context = ApiContext.build(settings, store, ping, subjects)
     context.metrics, context.readiness = metrics, readiness
     context.maintenance, context.maintenance_changed = maintenance, maintenance_changed
     app[API_CONTEXT] = context
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler, name=route.operation_id)
-    add_pages(app, context, settings, subjects_changed)
     return app

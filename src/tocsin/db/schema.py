@@ -232,6 +232,8 @@ web_sessions = Table(
     Column("name", String(200), nullable=False),
     Column("scope", String(16), nullable=False),
     Column("via", String(16), nullable=False),  # token | user: how the person signed in
+    # SHA-256 of the credential it was opened with: a new token secret or password ends it.
+    Column("credential", String(64), nullable=False),
     Column("csrf", String(64), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),

@@ -82,6 +82,7 @@ class TicketStore:
         self.health = StoreHealth(db.sqlite_path, announce=announce)
         self._writer = GroupWriter(db.write, max_batch=max_batch, health=self.health)
         self._fired: list[Callable[[], None]] = []
+        self._changed: list[Callable[[], None]] = []
 
     @property
     def database(self) -> Database:
@@ -106,13 +107,21 @@ class TicketStore:
         self._fired.append(callback)
         return lambda: self._fired.remove(callback)
 
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` after every committed ticket write, description edits (which fire
+        no trigger) included: what open pages show changed. Returns what stops the calls."""
+        self._changed.append(callback)
+        return lambda: self._changed.remove(callback)
+
     async def _firing(self, op: Callable[[Connection], R]) -> R:
         result = await self._writer.run(op)
-        for callback in list(self._fired):
-            try:
-                callback()
-            except Exception:  # the write is committed: a listener's bug must not undo its answer
-                log.exception("trigger listener failed")
+        _tell(self._fired, "trigger")
+        _tell(self._changed, "change")
+        return result
+
+    async def _editing(self, op: Callable[[Connection], R]) -> R:
+        result = await self._writer.run(op)
+        _tell(self._changed, "change")
         return result
 
     # -- writes ------------------------------------------------------------------------------
@@ -190,7 +199,7 @@ class TicketStore:
 
     async def edit_description(self, org: str, seq: int, actor: Actor, description: str) -> Change:
         check_text("description", description, allow_empty=True)
-        return await self._writer.run(
+        return await self._editing(
             lambda conn: writes.edit_description(conn, org, seq, actor, description, self._clock())
         )
 
@@ -205,7 +214,7 @@ class TicketStore:
             check_text("description", description, allow_empty=True)
             return description
 
-        return await self._writer.run(
+        return await self._editing(
             lambda conn: writes.revise_description(conn, org, seq, actor, checked, self._clock())
         )
 
@@ -308,6 +317,14 @@ def _conditions(org: str, filters: TicketFilter, *, states: bool = True) -> list
             )
         )
     return conditions
+
+
+def _tell(listeners: list[Callable[[], None]], what: str) -> None:
+    for callback in list(listeners):
+        try:
+            callback()
+        except Exception:  # the write is committed: a listener's bug must not undo its answer
+            log.exception(f"{what} listener failed")
 
 
 def validate_open(request: OpenRequest) -> None:

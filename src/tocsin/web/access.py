@@ -15,17 +15,18 @@ from tocsin.api.auth import GRANTS
 from tocsin.api.errors import ApiError
 from tocsin.tickets.model import Actor, ActorType
 from tocsin.web.context import WEB_CONTEXT, WebContext
-from tocsin.web.sessions import COOKIE, Session
+from tocsin.web.sessions import COOKIE, Session, fingerprint
 
 Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
 READ = frozenset({"read"})
 WRITE = frozenset({"write"})
 WRITE_OR_WORKFLOW = frozenset({"write", "workflow"})
 CSRF_FIELD = "csrf"
+MAX_FORM_BYTES = 512 * 1024
 
 
 def can(session: Session, needs: frozenset[str]) -> bool:
-    return bool(GRANTS[session.scope] & needs)  # type: ignore[index]
+    return bool(GRANTS[session.scope] & needs)
 
 
 def actor(session: Session) -> Actor:
@@ -35,20 +36,33 @@ def actor(session: Session) -> Actor:
 
 
 def _current(context: WebContext, session: Session) -> Session | None:
-    """The session as the config stands now, or None if its user or token is gone."""
-    org = context.settings.config.orgs
-    for candidate in org:
-        if candidate.slug != session.org:
-            continue
-        if session.via == "user":
-            for user in candidate.users:
-                if user.name == session.name:
-                    return replace(session, scope=user.role)
-        else:
-            for token in candidate.tokens:
-                if token.name == session.name:
-                    return replace(session, scope=token.scope)
+    """The session as the config stands now: None if its user or token is gone or has a new
+    password or secret; the scope the config gives now."""
+    if session.via == "user":
+        for org in context.settings.config.orgs:
+            if org.slug == session.org:
+                for user in org.users:
+                    if user.name == session.name and same(
+                        session.credential, fingerprint(user.password_argon2.encode())
+                    ):
+                        return replace(session, scope=user.role)
+        return None
+    for token in context.settings.tokens:
+        if (
+            token.org == session.org
+            and token.name == session.name
+            and same(session.credential, fingerprint(token.sha256))
+        ):
+            return replace(session, scope=token.scope)
     return None
+
+
+def same(presented: object, expected: str) -> bool:
+    """Whether a secret a client sent (a form field: any text, or not text at all) is
+    `expected`, in time that does not depend on where they differ."""
+    if not isinstance(presented, str):
+        return False
+    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 async def signed_in(request: web.Request) -> Session | None:
@@ -84,9 +98,10 @@ async def posted(request: web.Request, needs: frozenset[str]) -> tuple[WebContex
     org = request.match_info["org"]
     if session.org != org:
         raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
-    form = await request.post()
-    presented = form.get(CSRF_FIELD)
-    if not isinstance(presented, str) or not hmac.compare_digest(presented, session.csrf):
+    # A form is form-encoded: 20,000 characters of Chinese take 180 KB of it, more than the
+    # API's 64 KiB of JSON.
+    form = await request.clone(client_max_size=MAX_FORM_BYTES).post()
+    if not same(form.get(CSRF_FIELD), session.csrf):
         raise ApiError(
             403, "csrf_failed", "the form's CSRF token is missing or stale: reload the page"
         )

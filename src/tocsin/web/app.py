@@ -11,11 +11,11 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from tocsin.api.context import ApiContext
+from tocsin.api.context import API_CONTEXT
 from tocsin.api.errors import ApiError, Handler, from_domain_error, from_validation_error
 from tocsin.config import Settings
 from tocsin.web import board, deliveries, render, report, signin, tickets
-from tocsin.web.access import signed_in, visitor
+from tocsin.web.access import MAX_FORM_BYTES, signed_in, visitor
 from tocsin.web.context import WEB_CONTEXT, WebContext
 from tocsin.web.live import Live
 from tocsin.web.sessions import Session, SessionBook
@@ -55,6 +55,8 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
         message = exc.text if exc.status == 403 and exc.text else exc.reason
         if exc.status == 404:
             message = f"There is no page at {request.path}."
+        elif exc.status == 413:
+            message = f"The form is larger than {MAX_FORM_BYTES // 1024} KiB: shorten the text."
         response = await _error(request, exc.status, message)
     except ApiError as exc:
         response = await _error(request, exc.status, exc.message)
@@ -70,7 +72,7 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response = await _error(request, mapped_error.status, mapped_error.message)
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
-        if request.path.startswith("/static/"):  # named by content (append_version)
+        if request.path.startswith("/static/") and response.status == 200:  # named by content
             response.headers.setdefault("Cache-Control", "public, max-age=86400")
         else:
             response.headers.setdefault("Cache-Control", "no-store")
@@ -97,16 +99,24 @@ async def live(request: web.Request) -> web.StreamResponse:
         "tickets",
         "subjects",
     }
-    return await context.live.stream(request, kinds or frozenset({"tickets"}))
+
+    async def still_signed_in() -> bool:
+        return await signed_in(request) is not None
+
+    return await context.live.stream(request, kinds or frozenset({"tickets"}), still_signed_in)
 
 
 def add_pages(
     app: web.Application,
-    api: ApiContext,
     settings: Settings,
+    *,
     subjects_changed: Callable[[], float] | None = None,
 ) -> WebContext:
-    """Serve the pages from `app` (the API's), reading through `api`'s store and views."""
+    """Serve the pages from `app` (tocsin.api.app.make_app's, before it starts), reading
+    through the API's context: its store and the monitor's views."""
+    api = app[API_CONTEXT]
+    # Inside the API's error middleware: pages answer errors as pages, the API as JSON.
+    app.middlewares.append(page_middleware)
     context = WebContext(
         api=api,
         site=Site(settings),
@@ -115,8 +125,8 @@ def add_pages(
     )
     app[WEB_CONTEXT] = context
     render.setup(app)
-    api.store.on_triggers(context.live.tickets_changed)
-    api.store.on_triggers(context.counts.clear)
+    api.store.on_change(context.live.tickets_changed)  # description edits too
+    api.store.on_triggers(context.counts.clear)  # an open or a transition: counts change
 
     async def close_streams(app: web.Application) -> None:
         await context.live.close()

@@ -7,7 +7,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from tocsin.tickets.store import TicketFilter, utcnow
 from tocsin.web.live import Live
 from tocsin.web.sessions import SessionBook
 from tocsin.web.site import Site
+from tocsin.web.throttle import LoginQueues
 
 
 @dataclass
@@ -31,9 +31,7 @@ class WebContext:
     counts: Counts = field(default_factory=lambda: Counts())
     subjects: SubjectRows = field(default_factory=lambda: SubjectRows())
     clock: Callable[[], datetime] = utcnow  # sessions' start and expiry
-    # Per client address: a lock held while a sign-in (and a failure's wait) runs, and how
-    # many are waiting for it, so guesses from one address queue up one by one.
-    login_queues: dict[str, list[Any]] = field(default_factory=dict)
+    login_queues: LoginQueues = field(default_factory=lambda: LoginQueues())
 
     @property
     def settings(self) -> Settings:

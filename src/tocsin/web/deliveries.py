@@ -3,6 +3,8 @@ deliveries with status and attempts, and Redeliver (the API's operation)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from aiohttp import web
 
 from tocsin import cursors
@@ -52,7 +54,12 @@ async def _page(
     endpoints = await ops.endpoint_health(read, site.webhooks, with_counts=False)
     next_href = None
     if more is not None:
-        next_href = f"/orgs/{session.org}/webhooks?cursor={cursors.encode('delivery', more)}"
+        kept = {"endpoint": endpoint or "", "status": ",".join(statuses)}
+        params = {
+            **{k: v for k, v in kept.items() if v},
+            "cursor": cursors.encode("delivery", more),
+        }
+        next_href = f"/orgs/{session.org}/webhooks?{urlencode(params)}"
     return render.page(
         request,
         "webhooks.html",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -70,8 +70,14 @@ class Live:
                 self._versions["subjects"] += 1
                 self._notify()
 
-    async def stream(self, request: web.Request, kinds: frozenset[str]) -> web.StreamResponse:
-        """Serve one browser until it goes away: an event named after what changed."""
+    async def stream(
+        self,
+        request: web.Request,
+        kinds: frozenset[str],
+        signed_in: Callable[[], Awaitable[bool]],
+    ) -> web.StreamResponse:
+        """Serve one browser until it goes away, or its session ends (asked at each wake,
+        at least every keepalive): an event named after what changed."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -89,7 +95,7 @@ class Live:
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._keepalive)
-                if self._closing:
+                if self._closing or not await signed_in():
                     break
                 changed = [k for k in kinds if self._versions[k] != seen[k]]
                 seen = dict(self._versions)

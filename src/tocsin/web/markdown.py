@@ -19,8 +19,18 @@ _TAGS = nh3.ALLOWED_TAGS - {"img"}
 _SCHEMES = {"http", "https", "mailto"}
 
 
-@functools.lru_cache(maxsize=4096)
+CACHED_UP_TO = 4000  # characters: longer texts (rare, and up to 20,000) are rendered each time
+
+
 def render(text: str) -> Markup:
-    """HTML for `text`, safe to put in a page as it is (timelines repeat: cached)."""
+    """HTML for `text`, safe to put in a page as it is (timelines repeat: short texts are
+    cached, at most 4,096 of them, so the cache stays under ~100 MB)."""
+    return _cached(text) if len(text) <= CACHED_UP_TO else _render(text)
+
+
+def _render(text: str) -> Markup:
     html = _md.render(text)
     return Markup(nh3.clean(html, tags=_TAGS, url_schemes=_SCHEMES))
+
+
+_cached = functools.lru_cache(maxsize=4096)(_render)

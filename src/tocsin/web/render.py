@@ -97,6 +97,8 @@ def page(
         "path": request.path,
         "report_link": report_link,
         "now": utcnow(),  # one moment for every "3 min ago" on the page
+        # What a live update fetches again (a page shown after a failed post: its GET twin).
+        "page_url": request.path_qs if request.method == "GET" else request.path,
         **values,
     }
     return aiohttp_jinja2.render_template(template, request, context, status=status)

@@ -4,6 +4,7 @@ subject's unresolved ticket; the ticket's page then says which."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from aiohttp import web
@@ -62,9 +63,11 @@ async def report_form(request: web.Request) -> web.Response:
 
 def _described(name: str) -> Subject:
     """A subject the config does not know, as a person named it: type other, its id made from
-    the name, so two reports of the same thing meet on one ticket."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.casefold()).strip("-")[:120] or "unnamed"
-    return Subject(SubjectType.OTHER, f"reported-{slug}", name)
+    the name (in any script), so two reports of the same thing meet on one ticket."""
+    words = re.sub(r"[\W_]+", "-", name.casefold()).strip("-")
+    if not words:  # only punctuation: the name's digest keeps different names apart
+        words = hashlib.sha256(name.casefold().encode()).hexdigest()[:16]
+    return Subject(SubjectType.OTHER, f"reported-{words[:110]}", name)
 
 
 async def report(request: web.Request) -> web.StreamResponse:

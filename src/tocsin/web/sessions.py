@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete, insert, select
 
+from tocsin.config import Scope
 from tocsin.db import schema
 from tocsin.db.engine import Database
 
@@ -28,10 +29,17 @@ class Session:
 
     org: str
     name: str
-    scope: str  # read | write | workflow, as tokens have (a user's role is read or write)
+    scope: Scope  # as tokens have (a user's role is read or write)
     via: str  # token | user
+    credential: str  # see `fingerprint`
     csrf: str
     expires_at: datetime
+
+
+def fingerprint(secret: bytes) -> str:
+    """What a session remembers of the credential it was opened with (a token's digest, a
+    user's password hash), so that changing either ends the sessions opened with the old."""
+    return hashlib.sha256(b"tocsin-session:" + secret).hexdigest()
 
 
 def new_id() -> str:
@@ -53,6 +61,7 @@ def create(conn: Connection, session_id: str, session: Session, now: datetime) -
             name=session.name,
             scope=session.scope,
             via=session.via,
+            credential=session.credential,
             csrf=session.csrf,
             created_at=now,
             expires_at=session.expires_at,
@@ -80,7 +89,15 @@ class SessionBook:
             if row is None:
                 return None
             m = row._mapping
-            session = Session(m["org"], m["name"], m["scope"], m["via"], m["csrf"], m["expires_at"])
+            session = Session(
+                m["org"],
+                m["name"],
+                m["scope"],
+                m["via"],
+                m["credential"],
+                m["csrf"],
+                m["expires_at"],
+            )
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = session

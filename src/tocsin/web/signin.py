@@ -9,10 +9,9 @@ the address, never the password or token.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import secrets
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -21,11 +20,11 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from tocsin.config import OrgConfig, UserConfig
+from tocsin.config import OrgConfig, Scope, UserConfig
 from tocsin.web import render
-from tocsin.web.access import CSRF_FIELD, signed_in
+from tocsin.web.access import CSRF_FIELD, same, signed_in
 from tocsin.web.context import WEB_CONTEXT, WebContext
-from tocsin.web.sessions import COOKIE, Session, create, new_id, remove
+from tocsin.web.sessions import COOKIE, Session, create, fingerprint, new_id, remove
 
 log = structlog.get_logger("tocsin.web")
 
@@ -33,6 +32,9 @@ LOGIN_COOKIE = "tocsin_login"  # the sign-in form's CSRF token, before there is 
 _hasher = PasswordHasher()
 # Verified against when the name is unknown, so an unknown name costs what a wrong password does.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+# argon2 takes 64 MiB and tens of ms a check: at most two at once, on threads of their own (the
+# loop's default executor also resolves host names for the probes).
+_ARGON2 = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-argon2")
 
 
 def _orgs(context: WebContext) -> list[OrgConfig]:
@@ -44,8 +46,10 @@ def _has_users(context: WebContext) -> bool:
 
 
 def _safe_next(target: str | None) -> str | None:
-    """Only a path on this server (never //host or a scheme: no open redirect)."""
+    """Only a path on this server (never //host or a scheme: no open redirect), printable."""
     if not target or not target.startswith("/") or target.startswith("//"):
+        return None
+    if not target.isprintable():  # CR/LF would end the Location header
         return None
     parts = urlsplit(target)
     return target if not parts.scheme and not parts.netloc and "\\" not in target else None
@@ -58,6 +62,7 @@ def _form(
     error: str | None = None,
     status: int = 200,
     username: str = "",
+    target: str | None = None,
 ) -> web.Response:
     csrf = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
     response = render.page(
@@ -70,7 +75,7 @@ def _form(
             "orgs": [org for org in _orgs(context) if org.users],
             "error": error,
             "username": username,
-            "next": _safe_next(request.query.get("next")) or "",
+            "next": _safe_next(target or request.query.get("next")) or "",
         },
         status=status,
     )
@@ -117,17 +122,14 @@ async def login(request: web.Request) -> web.StreamResponse:
     context = request.app[WEB_CONTEXT]
     form = await request.post()
     expected = request.cookies.get(LOGIN_COOKIE, "")
-    presented = form.get(CSRF_FIELD)
-    if (
-        not expected
-        or not isinstance(presented, str)
-        or not hmac.compare_digest(presented, expected)
-    ):
+    target = _safe_next(str(form.get("next") or ""))
+    if not expected or not same(form.get(CSRF_FIELD), expected):
         return _form(
             request,
             context,
             error="The sign-in form expired (its CSRF token is missing): try again.",
             status=403,
+            target=target,
         )
     token_text = str(form.get("token") or "").strip()
     username = str(form.get("username") or "").strip()
@@ -135,7 +137,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     org_slug = str(form.get("org") or "")
     client = request.remote or "unknown"
     response: web.StreamResponse
-    async with _one_at_a_time(context, client):
+    async with context.login_queues.turn(client):
         who = await _identify(context, token_text, username, password, org_slug)
         if who is None:
             log.warning(
@@ -152,64 +154,56 @@ async def login(request: web.Request) -> web.StreamResponse:
                 error="That did not sign you in: check the token, or the name and password.",
                 status=401,
                 username=username,
+                target=target,
             )
         else:
-            target = _safe_next(str(form.get("next") or ""))
-            response = await _start_session(request, context, *who, target=target)
+            response = await _start_session(request, context, who, target=target)
     return response
 
 
-@contextlib.asynccontextmanager
-async def _one_at_a_time(context: WebContext, client: str) -> AsyncIterator[None]:
-    """Sign-ins from one address run one after another (so each failure's wait holds the
-    next guess back); the entry goes once nobody from there is waiting."""
-    entry = context.login_queues.setdefault(client, [asyncio.Lock(), 0])
-    entry[1] += 1
-    try:
-        async with entry[0]:
-            yield
-    finally:
-        entry[1] -= 1
-        if not entry[1]:
-            del context.login_queues[client]
+@dataclass(frozen=True)
+class Identity:
+    org: str
+    name: str
+    scope: Scope
+    via: str  # token | user
+    credential: str  # sessions.fingerprint of the token's digest or the user's hash
 
 
 async def _identify(
     context: WebContext, token_text: str, username: str, password: str, org_slug: str
-) -> tuple[str, str, str, str] | None:
-    """(org, name, scope, via) for good credentials, else None."""
+) -> Identity | None:
+    """Who good credentials are, else None."""
     if token_text:
         token = context.api.tokens.identify(token_text)
-        return None if token is None else (token.org, token.name, token.scope, "token")
+        if token is None:
+            return None
+        return Identity(token.org, token.name, token.scope, "token", fingerprint(token.sha256))
     if not username or not password:
         return None
     found = _find_user(context, org_slug, username)
     encoded = found[1].password_argon2 if found else _DUMMY_HASH
-    ok = await asyncio.to_thread(_verify, encoded, password)
+    loop = asyncio.get_running_loop()
+    ok = await loop.run_in_executor(_ARGON2, _verify, encoded, password)
     if not ok or found is None:
         return None
     org, user = found
-    return org.slug, user.name, user.role, "user"
+    credential = fingerprint(user.password_argon2.encode())
+    return Identity(org.slug, user.name, user.role, "user", credential)
 
 
 async def _start_session(
-    request: web.Request,
-    context: WebContext,
-    org: str,
-    name: str,
-    scope: str,
-    via: str,
-    *,
-    target: str | None,
+    request: web.Request, context: WebContext, who: Identity, *, target: str | None
 ) -> web.StreamResponse:
     now = context.clock()
     lifetime: timedelta = context.settings.config.web.session_lifetime
     session_id = new_id()
-    session = Session(org, name, scope, via, secrets.token_urlsafe(24), now + lifetime)
+    csrf = secrets.token_urlsafe(24)
+    session = Session(who.org, who.name, who.scope, who.via, who.credential, csrf, now + lifetime)
     await context.api.store.writer.run(lambda conn: create(conn, session_id, session, now))
-    log.info("signed in", org=org, name=name, via=via, client=request.remote)
-    if target is None or not target.startswith(f"/orgs/{org}/"):
-        target = f"/orgs/{org}/tickets"
+    log.info("signed in", org=who.org, name=who.name, via=who.via, client=request.remote)
+    if target is None or not target.startswith(f"/orgs/{who.org}/"):
+        target = f"/orgs/{who.org}/tickets"
     response = _see_other(target)
     response.set_cookie(
         COOKIE,
@@ -228,16 +222,17 @@ async def logout(request: web.Request) -> web.StreamResponse:
     context = request.app[WEB_CONTEXT]
     session_id = request.cookies.get(COOKIE)
     session = await signed_in(request)
+    response = _see_other("/login")
     if session_id and session is not None:
         form = await request.post()
-        presented = form.get(CSRF_FIELD)
-        if not isinstance(presented, str) or not hmac.compare_digest(presented, session.csrf):
+        if not same(form.get(CSRF_FIELD), session.csrf):
             raise web.HTTPForbidden(text="the form's CSRF token is missing: reload the page")
         await context.api.store.writer.run(lambda conn: remove(conn, session_id))
         context.sessions.forget(session_id)
         log.info("signed out", org=session.org, name=session.name)
-    response = _see_other("/login")
-    response.del_cookie(COOKIE, path="/")
+        # Only then: a post from another site (which carries no SameSite=Strict cookie) must
+        # not be able to sign anyone out.
+        response.del_cookie(COOKIE, path="/")
     return response
 
 

@@ -31,6 +31,7 @@ class OrgSite:
     slug: str
     name: str
     spaces: dict[str, str] = field(default_factory=dict)  # id -> name, config order
+    parents: dict[str, str] = field(default_factory=dict)  # space id -> the space it is in
     subjects: dict[tuple[str, str], SubjectRef] = field(default_factory=dict)  # (type, id) ->
     webhooks: list[str] = field(default_factory=list)
 
@@ -38,8 +39,15 @@ class OrgSite:
         return None if space_id is None else self.spaces.get(space_id, space_id)
 
     def in_space(self, space_id: str) -> list[SubjectRef]:
-        """The space itself and every subject in it."""
-        return [ref for ref in self.subjects.values() if ref.space == space_id]
+        """The space itself and every subject in it or in a space inside it (a floor's
+        rooms)."""
+        inside = {space_id}
+        grew = True
+        while grew:  # spaces have no cycles (the config refuses them)
+            more = {child for child, parent in self.parents.items() if parent in inside}
+            grew = not more <= inside
+            inside |= more
+        return [ref for ref in self.subjects.values() if ref.space in inside]
 
 
 def build(settings: Settings) -> dict[str, OrgSite]:
@@ -49,6 +57,8 @@ def build(settings: Settings) -> dict[str, OrgSite]:
         site = sites.get(key.org)
         if site is not None:
             site.spaces[key.id] = info.name
+            if info.parent is not None:
+                site.parents[key.id] = info.parent.id
             site.subjects[("space", key.id)] = SubjectRef("space", key.id, info.name, key.id)
     for device in config.devices:
         site = sites.get(device.org)

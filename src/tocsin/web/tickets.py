@@ -7,6 +7,7 @@ API's message on the ticket's page, with what the person typed kept in the form.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -16,8 +17,9 @@ from multidict import MultiDict
 from tocsin.api.errors import ApiError, from_domain_error
 from tocsin.api.subjects import group_tickets, no_ticket_because
 from tocsin.api.tickets import parse_list_query, seq_of
+from tocsin.monitor.storm import STORM_HOLD
 from tocsin.tickets.model import Kind, Source, State, SubjectType, Ticket
-from tocsin.tickets.store import TicketFilter
+from tocsin.tickets.store import TicketFilter, check_text
 from tocsin.tickets.transitions import TRANSITIONS, Action
 from tocsin.web import render
 from tocsin.web.access import (
@@ -35,6 +37,7 @@ from tocsin.web.sessions import Session
 from tocsin.web.site import OrgSite
 
 PAGE_SIZE = 50
+MAX_SPACE_FILTER = 30_000  # SQLite binds at most 32,766 values in one statement
 TABS = (("open", "Open"), ("in_progress", "In Progress"), ("resolved", "Resolved"), ("all", "All"))
 FILTERS = ("source", "kind", "subject_type", "space", "q")
 # Who may do what on a ticket: the API's scopes for the same operation.
@@ -64,7 +67,15 @@ def _filters(request: web.Request, site: OrgSite) -> tuple[TicketFilter, str | N
         if space not in site.spaces:
             raise ApiError(422, "invalid_value", f"space: no space {space!r}", "space")
         members = tuple((ref.type, ref.id) for ref in site.in_space(space))
-        filters = TicketFilter(**{**filters.__dict__, "subjects": members})
+        if len(members) > MAX_SPACE_FILTER:  # past what one query may list
+            raise ApiError(
+                422,
+                "invalid_value",
+                f"space: {space!r} holds {len(members):,} subjects, more than the filter takes "
+                f"({MAX_SPACE_FILTER:,}): search or filter by subject type instead",
+                "space",
+            )
+        filters = replace(filters, subjects=members)
     states_ = filters.states
     tab = states_[0].value if len(states_) == 1 else ("all" if not states_ else "")
     return filters, cursor, tab
@@ -142,9 +153,10 @@ async def _members(context: WebContext, ticket: Ticket, site: OrgSite) -> list[d
             (ref.type, ref.id) for ref in site.in_space(ticket.subject.id) if ref.type != "space"
         }
         chosen = [r for r in rows if (r.key.type, r.key.id) in wanted]
+    elif groups.get(STORM_HOLD) == ticket.seq:  # the org's storm ticket: whom it holds now
+        chosen = [r for r in rows if r.state.get("held_by") == STORM_HOLD]
     else:
-        because = f"storm #{ticket.seq}"
-        chosen = [r for r in rows if no_ticket_because(r, groups) == because]
+        chosen = []
     return [{"row": r, "because": no_ticket_because(r, groups)} for r in chosen]
 
 
@@ -186,6 +198,7 @@ async def _detail(
             "notice": notice,
             "draft": draft or {},
             "preview": preview,
+            "page_url": f"/orgs/{org}/tickets/{seq}",
         },
         status=status,
     )
@@ -211,11 +224,11 @@ def _action_handler(name: str) -> Any:
                 description = text_field(form, "description", required=True) or ""
                 draft["description"] = description
                 if "preview" in form:  # show it rendered, write nothing yet
+                    check_text("description", description, allow_empty=True)
                     return await _detail(
                         request, context, session, seq, draft=draft, preview=description
                     )
                 await store.edit_description(session.org, seq, actor(session), description)
-                context.live.tickets_changed()  # an edit fires no trigger; pages still update
             else:
                 comment = text_field(form, "comment") or None
                 draft[f"{name}_comment"] = comment or ""

@@ -23,6 +23,26 @@
     }
   }
 
+  // What a person typed or opened in the live part survives its reload.
+  function keep(root) {
+    var kept = { values: {}, open: {} };
+    root.querySelectorAll("textarea[id], input[id]").forEach(function (field) {
+      if (field.type !== "hidden") kept.values[field.id] = field.value;
+    });
+    root.querySelectorAll("details").forEach(function (details, i) { kept.open[i] = details.open; });
+    return kept;
+  }
+
+  function restore(root, kept) {
+    Object.keys(kept.values).forEach(function (id) {
+      var field = document.getElementById(id);
+      if (field && root.contains(field) && kept.values[id]) field.value = kept.values[id];
+    });
+    root.querySelectorAll("details").forEach(function (details, i) {
+      if (kept.open[i]) details.open = true;
+    });
+  }
+
   var busy = false, again = false;
   function reload() {
     var live = document.getElementById("live");
@@ -34,14 +54,20 @@
     }
     if (busy) { again = true; return; }
     busy = true;
-    fetch(window.location.href, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+    var url = document.body.getAttribute("data-page") || window.location.href;
+    fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
       .then(function (response) { return response.ok ? response.text() : null; })
       .then(function (html) {
         if (html === null) return;
         var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("live");
         if (fresh) {
+          var kept = keep(live);
           live.innerHTML = fresh.innerHTML;
+          restore(live, kept);
+          refreshTimes(live);
           document.body.setAttribute("data-refreshed", String(Date.now()));
+          var status = document.getElementById("live-status");
+          if (status) status.textContent = "Updated at " + new Date().toLocaleTimeString();
         }
       })
       .catch(function () {})

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("scope", sa.String(16), nullable=False),
         sa.Column("via", sa.String(16), nullable=False),
+        sa.Column("credential", sa.String(64), nullable=False),
         sa.Column("csrf", sa.String(64), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("expires_at", UTCDateTime(), nullable=False),
