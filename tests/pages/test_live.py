@@ -8,7 +8,8 @@ import asyncio
 import aiohttp
 
 from tests.pages.conftest import Browser, Site
-from tocsin.tickets.model import Actor, ActorType
+from tocsin.tickets.model import Actor, ActorType, Source, Subject, SubjectType
+from tocsin.tickets.writes import OpenRequest
 from tocsin.web.context import WEB_CONTEXT
 from tocsin.web.live import Live
 
@@ -114,3 +115,24 @@ async def test_a_stream_needs_a_session(site: Site) -> None:
     ) as response:
         assert response.status == 303
         assert response.headers["Location"].startswith("/login?next=")
+
+
+async def test_another_org_s_tickets_never_reach_a_stream(site: Site) -> None:
+    use(site, Live(every=0.05, keepalive=0.3))
+    browser = await site.signed_in()
+    response = await stream(browser, "tickets")
+    await site.store.open(
+        OpenRequest(
+            org="beta",
+            source=Source.WORKFLOW,
+            subject=Subject(SubjectType.DEVICE, "b-1", "Beta device"),
+            kind="device_offline",
+            description="",
+            actor=Actor(ActorType.WORKFLOW, "beta-ops"),
+            dedup_key="beta-1",
+        )
+    )
+    assert await read_events(response, 1) == ["idle"]  # beta's write: nothing for acme
+    await site.open(key="acme-1")
+    assert await read_events(response, 1) == ["tickets"]
+    response.close()

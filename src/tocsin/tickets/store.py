@@ -82,7 +82,7 @@ class TicketStore:
         self.health = StoreHealth(db.sqlite_path, announce=announce)
         self._writer = GroupWriter(db.write, max_batch=max_batch, health=self.health)
         self._fired: list[Callable[[], None]] = []
-        self._changed: list[Callable[[], None]] = []
+        self._changed: list[Callable[[frozenset[str]], None]] = []
 
     @property
     def database(self) -> Database:
@@ -107,22 +107,32 @@ class TicketStore:
         self._fired.append(callback)
         return lambda: self._fired.remove(callback)
 
-    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` after every committed ticket write, description edits (which fire
-        no trigger) included: what open pages show changed. Returns what stops the calls."""
+    def on_change(self, callback: Callable[[frozenset[str]], None]) -> Callable[[], None]:
+        """Call `callback(orgs)` after every committed ticket write, description edits (which
+        fire no trigger) included, with the orgs whose tickets it changed: what open pages
+        show changed. Returns what stops the calls."""
         self._changed.append(callback)
         return lambda: self._changed.remove(callback)
 
     async def _firing(self, op: Callable[[Connection], R]) -> R:
         result = await self._writer.run(op)
         _tell(self._fired, "trigger")
-        _tell(self._changed, "change")
+        self._tell_changed(result)
         return result
 
     async def _editing(self, op: Callable[[Connection], R]) -> R:
         result = await self._writer.run(op)
-        _tell(self._changed, "change")
+        self._tell_changed(result)
         return result
+
+    def _tell_changed(self, result: object) -> None:
+        changes = result if isinstance(result, list) else [result]
+        orgs = frozenset(c.ticket.org for c in changes if isinstance(c, Change))
+        for callback in list(self._changed):
+            try:
+                callback(orgs)
+            except Exception:  # the write is committed: a listener's bug must not undo its answer
+                log.exception("change listener failed")
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ async def _quiet_session(request: web.Request) -> Session | None:
 
 
 async def live(request: web.Request) -> web.StreamResponse:
-    context, _ = await visitor(request)
+    context, session = await visitor(request)
     kinds = frozenset(request.query.get("kinds", "tickets,subjects").split(",")) & {
         "tickets",
         "subjects",
@@ -103,7 +103,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     async def still_signed_in() -> bool:
         return await signed_in(request) is not None
 
-    return await context.live.stream(request, kinds or frozenset({"tickets"}), still_signed_in)
+    wanted = kinds or frozenset({"tickets"})
+    return await context.live.stream(request, session.org, wanted, still_signed_in)
 
 
 def add_pages(

@@ -33,7 +33,9 @@ class Live:
         changes when the health board would)."""
         self._subjects_changed = subjects_changed
         self._every, self._keepalive, self._poll = every, keepalive, poll
-        self._versions = {"tickets": 0, "subjects": 0}
+        # What changed, by (org, kind); the monitor's health view under ("", "subjects").
+        self._versions: dict[tuple[str, str], int] = {}
+        self._orgs_changed: set[str] = set()
         self._wake = asyncio.Event()  # set and replaced on every change
         self._closing = False
         self._listeners = 0
@@ -44,16 +46,25 @@ class Live:
     def listeners(self) -> int:
         return self._listeners
 
-    def tickets_changed(self) -> None:
-        """A ticket write committed: tell the streams within EVERY seconds (coalesced)."""
-        if self._listeners and self._pending is None:
+    def tickets_changed(self, orgs: frozenset[str]) -> None:
+        """A ticket write of these orgs committed: tell their streams within EVERY seconds
+        (coalesced; another org's pages hear nothing of it)."""
+        if not self._listeners:
+            return
+        self._orgs_changed |= orgs
+        if self._pending is None:
             loop = asyncio.get_running_loop()
-            self._pending = loop.call_later(self._every, self._fire, "tickets")
+            self._pending = loop.call_later(self._every, self._fire)
 
-    def _fire(self, kind: str) -> None:
+    def _fire(self) -> None:
         self._pending = None
-        self._versions[kind] += 1
+        for org in self._orgs_changed:
+            self._bump(org, "tickets")
+        self._orgs_changed.clear()
         self._notify()
+
+    def _bump(self, org: str, kind: str) -> None:
+        self._versions[org, kind] = self._versions.get((org, kind), 0) + 1
 
     def _notify(self) -> None:
         self._wake.set()
@@ -67,12 +78,13 @@ class Live:
             marker = self._subjects_changed()
             if marker != seen:
                 seen = marker
-                self._versions["subjects"] += 1
+                self._bump("", "subjects")
                 self._notify()
 
     async def stream(
         self,
         request: web.Request,
+        org: str,
         kinds: frozenset[str],
         signed_in: Callable[[], Awaitable[bool]],
     ) -> web.StreamResponse:
@@ -89,7 +101,12 @@ class Live:
         self._listeners += 1
         if self._poller is None and self._subjects_changed is not None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_subjects())
-        seen = dict(self._versions)
+        keys = {kind: (org if kind == "tickets" else "", kind) for kind in kinds}
+
+        def versions() -> dict[str, int]:
+            return {kind: self._versions.get(key, 0) for kind, key in keys.items()}
+
+        seen = versions()
         try:
             await response.write(b"retry: 5000\n\n")
             while not self._closing:
@@ -97,8 +114,9 @@ class Live:
                     await asyncio.wait_for(self._wake.wait(), self._keepalive)
                 if self._closing or not await signed_in():
                     break
-                changed = [k for k in kinds if self._versions[k] != seen[k]]
-                seen = dict(self._versions)
+                now = versions()
+                changed = [k for k in kinds if now[k] != seen[k]]
+                seen = now
                 chunk = b"".join(f"event: {k}\ndata: {seen[k]}\n\n".encode() for k in changed)
                 await response.write(chunk or b": idle\n\n")
         except ConnectionResetError:  # the browser went away
