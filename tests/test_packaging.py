@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import defaultdict
 from pathlib import Path
 
@@ -181,3 +183,19 @@ def test_the_build_context_leaves_out_local_state() -> None:
     ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert "*" in ignored, "an allow list: only what the build reads goes in"
     assert {"!pyproject.toml", "!README.md", "!src/"} <= set(ignored)
+
+
+def test_the_package_data_carries_every_template_static_file_and_migration() -> None:
+    """An installed daemon (pip install ., the Docker image) serves its pages from the files
+    the package data names: a template left out is a page that fails where it is installed."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["tocsin"]
+    package = ROOT / "src" / "tocsin"
+    needed = [
+        *(package / "web" / "templates").iterdir(),
+        *(package / "web" / "static").iterdir(),
+        package / "db" / "migrations" / "script.py.mako",
+    ]
+    for path in needed:
+        relative = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, glob) for glob in globs), relative
