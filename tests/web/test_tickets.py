@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.web.conftest import ORG, Visitors, WebDaemon, ticket_path
 
@@ -187,8 +187,22 @@ def test_a_race_lost_to_someone_else_shows_their_change_as_an_error(
 ) -> None:
     seq = daemon.open_ticket()
     mine, theirs = visitors.page("maria"), visitors.page("ops")
+    # The race is lost in the second before the live update would have taken the button away:
+    # this page hears nothing, so its Start is still there when its person clicks.
+    blocked: list[str] = []
+
+    def deaf(route: Route) -> None:
+        blocked.append(route.request.url)
+        route.abort()
+
+    mine.route(re.compile(r"/live\?"), deaf)
     for page in (mine, theirs):
         page.goto(ticket_path(seq))
+    for _ in range(100):  # the page opens its stream once loaded: wait for the attempt
+        if blocked:
+            break
+        mine.wait_for_timeout(50)
+    assert blocked, "the page opened no live stream to block"
     theirs.locator("button[data-action=start]").click()
     expect(theirs.locator("#ticket-state")).to_have_text("In Progress")
     with mine.expect_response(lambda r: r.request.method == "POST") as answer:
