@@ -30,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -119,6 +120,10 @@ class WebConfig(_Model):
     login_delay: Duration = timedelta(seconds=1)
     """How long a failed sign-in waits before it is answered, to slow password guessing; 0s to
     30s."""
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    """Addresses or networks of reverse proxies in front of tocsin (e.g. "127.0.0.1",
+    "10.0.0.0/8"): from these, the client is the nearest address in X-Forwarded-For that is
+    not itself a proxy (sign-in attempts take turns per client). Empty: the peer's address."""
 
     @field_validator("session_lifetime")
     @classmethod

@@ -25,6 +25,7 @@ from tocsin.web import render
 from tocsin.web.access import CSRF_FIELD, same, signed_in
 from tocsin.web.context import WEB_CONTEXT, WebContext
 from tocsin.web.sessions import COOKIE, Session, create, fingerprint, new_id, remove
+from tocsin.web.throttle import client_address
 
 log = structlog.get_logger("tocsin.web")
 
@@ -135,7 +136,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
     org_slug = str(form.get("org") or "")
-    client = request.remote or "unknown"
+    client = client_address(request, context.settings.config.web.trusted_proxies)
     response: web.StreamResponse
     async with context.login_queues.turn(client):
         who = await _identify(context, token_text, username, password, org_slug)
@@ -201,7 +202,8 @@ async def _start_session(
     csrf = secrets.token_urlsafe(24)
     session = Session(who.org, who.name, who.scope, who.via, who.credential, csrf, now + lifetime)
     await context.api.store.writer.run(lambda conn: create(conn, session_id, session, now))
-    log.info("signed in", org=who.org, name=who.name, via=who.via, client=request.remote)
+    client = client_address(request, context.settings.config.web.trusted_proxies)
+    log.info("signed in", org=who.org, name=who.name, via=who.via, client=client)
     if target is None or not target.startswith(f"/orgs/{who.org}/"):
         target = f"/orgs/{who.org}/tickets"
     response = _see_other(target)
