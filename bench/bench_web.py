@@ -84,12 +84,13 @@ from tocsin.api.app import make_app
 from tocsin.config import parse
 from tocsin.db import migrate, schema
 from tocsin.db.engine import Database, open_database
-from tocsin.tickets.model import ActorType, EventType, Kind, Source, State, SubjectType
+from tocsin.tickets.model import ActorType, EventType, Source, State
 from tocsin.tickets.store import TicketStore
 from tocsin.web.app import add_pages
 
 # Run as a script from the repository root: bench/ is on sys.path, its sibling imports.
 from bench_api_list import config_text as api_list_config  # isort: skip
+from bench_api_list import ticket_row as api_list_ticket  # isort: skip
 from bench_api_list import load_average, pct, rss_kib, serve_until_stopped  # isort: skip
 
 ORG = "bench"
@@ -115,38 +116,13 @@ ACTORS = {
 
 
 def ticket_row(seq: int, rng: random.Random, mix: tuple[float, float, float]) -> dict[str, Any]:
-    """bench_api_list.py's ticket, with its id (the table is fresh: id = seq)."""
-    state = rng.choices((State.RESOLVED, State.OPEN, State.IN_PROGRESS), weights=mix)[0]
-    roll = rng.random()
-    if roll < 0.7:
-        source, kind, subject_type = Source.HEALTH_MONITOR, Kind.DEVICE_OFFLINE, SubjectType.DEVICE
-    elif roll < 0.9:
-        source, kind, subject_type = Source.WORKFLOW, "bms_alarm", SubjectType.INTEGRATION
-    else:
-        source, kind, subject_type = Source.USER, Kind.USER_REPORT, SubjectType.SPACE
-    subject_id = f"{subject_type.value}-{rng.randrange(2_000)}"
-    opened = START + timedelta(seconds=30 * seq)
-    resolved = (
-        opened + timedelta(minutes=rng.randrange(5, 600)) if state is State.RESOLVED else None
-    )
-    started = opened + timedelta(minutes=rng.randrange(1, 120))
-    return {
-        "id": seq,
-        "org": ORG,
-        "seq": seq,
-        "state": state.value,
-        "source": source.value,
-        "kind": str(kind),
-        "subject_type": subject_type.value,
-        "subject_id": subject_id,
-        "subject_name": f"{subject_type.value.title()} {subject_id}",
-        "description": f"{subject_id} stopped answering; last seen {rng.randrange(1, 60)} min "
-        "before the probe gave up. Checked twice from the monitor.",
-        "dedup_key": f"wf-{seq}" if source is Source.WORKFLOW else None,
-        "opened_at": opened,
-        "updated_at": resolved or (started if state is State.IN_PROGRESS else opened),
-        "resolved_at": resolved,
-    }
+    """bench_api_list.py's ticket, with its id (the table is fresh: id = seq), and an
+    in_progress one updated when it was started."""
+    row = api_list_ticket(seq, rng, mix)
+    row["id"] = seq
+    if row["state"] == State.IN_PROGRESS.value:
+        row["updated_at"] = row["opened_at"] + timedelta(minutes=rng.randrange(1, 120))
+    return row
 
 
 def ticket_events(row: dict[str, Any]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from tests.pages.conftest import Site, serving, site_config, state_row
 from tocsin.config import parse
 from tocsin.delivery import outbox
 from tocsin.delivery.endpoints import endpoints_from
+from tocsin.monitor.maintenance import HOLD_PREFIX
 from tocsin.tickets.store import TicketStore
 from tocsin.web.app import CSP
 from tocsin.web.context import WEB_CONTEXT, SubjectRows
@@ -123,7 +124,7 @@ async def test_the_health_board_says_who_is_covered_by_a_group_or_in_maintenance
 ) -> None:
     group = await site.open(subject=("space", "lobby", "Main lobby"), key="g")
     held = state_row("device", "cam-1", "Lobby camera", "unreachable", held_by="lobby")
-    away = state_row("device", "cam-2", "Dock camera", "failing", held_by="maintenance:w1")
+    away = state_row("device", "cam-2", "Dock camera", "failing", held_by=HOLD_PREFIX + "w1")
     await site.save_states([state_row("space", "lobby", "Main lobby", "down", ticket_seq=group)])
     await site.save_states([held, away])
     browser = await site.signed_in()

@@ -80,14 +80,20 @@ def from_domain_error(exc: Exception) -> ApiError | None:
     return None
 
 
+def as_api_error(exc: Exception) -> ApiError | None:
+    """The API error an exception stands for: its own, a body pydantic refused, or a domain
+    error; None for anything else (a bug)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    return from_domain_error(exc)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except ValidationError as exc:
-        return from_validation_error(exc).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -100,7 +106,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return ApiError(exc.status, code, message, headers=headers).response()
     except Exception as exc:
-        mapped = from_domain_error(exc)
+        mapped = as_api_error(exc)
         if mapped is not None:
             return mapped.response()
         log.exception("unhandled error", method=request.method, path=request.path)

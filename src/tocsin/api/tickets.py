@@ -90,14 +90,7 @@ async def open_ticket(request: web.Request) -> web.Response:
             raise ApiError(
                 403, "forbidden", "a user report needs a write token (a person's)", "source"
             )
-        org_config = context.org(org)
-        if org_config is None or not org_config.report_issue:
-            raise ApiError(
-                403,
-                "report_issue_disabled",
-                f"the Report issue flow is not enabled for org {org!r}",
-                "source",
-            )
+        require_report_issue(context, org)
         kind = body.kind or Kind.USER_REPORT.value
         actor = Actor(ActorType.USER, body.actor_name or token.name)
     else:
@@ -120,6 +113,18 @@ async def open_ticket(request: web.Request) -> web.Response:
     response = await _detail(context, org, change.ticket.seq, status)
     response.headers["Location"] = f"/api/v1/orgs/{org}/tickets/{change.ticket.seq}"
     return response
+
+
+def require_report_issue(context: ApiContext, org: str) -> None:
+    """People file tickets (Report issue) only where the org enables it: else a 403."""
+    org_config = context.org(org)
+    if org_config is None or not org_config.report_issue:
+        raise ApiError(
+            403,
+            "report_issue_disabled",
+            f"the Report issue flow is not enabled for org {org!r}",
+            "source",
+        )
 
 
 def _transition_handler(action: Action, needs: frozenset[str]) -> Handler:

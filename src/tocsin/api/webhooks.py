@@ -96,9 +96,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
     )
 
 
-async def redeliver(request: web.Request) -> web.Response:
-    context, org = _caller(request)
-    raw = request.match_info["delivery_id"]
+async def redeliver_now(context: ApiContext, org: str, raw: str) -> int:
+    """Queue the org's delivery `raw` (the path's text) to be sent again now; its id. A 400
+    for what is not a delivery id, 404 for another org's or none, 409 while one is in flight."""
     if not whole_number(raw):
         raise ApiError(
             400,
@@ -114,6 +114,12 @@ async def redeliver(request: web.Request) -> web.Response:
         raise ApiError(404, "delivery_not_found", str(exc), "delivery_id") from None
     except ops.DeliveryInFlight as exc:
         raise ApiError(409, "delivery_in_flight", str(exc), "delivery_id") from None
+    return delivery_id
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    context, org = _caller(request)
+    delivery_id = await redeliver_now(context, org, request.match_info["delivery_id"])
     view = await ops.get_delivery(context.store.database.read, delivery_id)
     assert view is not None  # it was just updated, and deliveries are never deleted
     return web.json_response(view.to_json())

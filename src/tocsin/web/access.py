@@ -80,13 +80,22 @@ async def visitor(request: web.Request, needs: frozenset[str] = READ) -> tuple[W
     session = await signed_in(request)
     if session is None:
         raise web.HTTPSeeOther(f"/login?next={quote(request.path_qs, safe='')}")
+    _own_org(request, session)
+    _scope(session, needs)
+    return context, session
+
+
+def _own_org(request: web.Request, session: Session) -> None:
+    """The page's org must be the session's: another's does not exist for it."""
     org = request.match_info["org"]
     if session.org != org:
         raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
+
+
+def _scope(session: Session, needs: frozenset[str]) -> None:
     if not can(session, needs):
         wanted = " or ".join(sorted(needs))
         raise ApiError(403, "forbidden", f"this needs {wanted} access; you have {session.scope}")
-    return context, session
 
 
 async def posted(request: web.Request, needs: frozenset[str]) -> tuple[WebContext, Session, Form]:
@@ -95,9 +104,7 @@ async def posted(request: web.Request, needs: frozenset[str]) -> tuple[WebContex
     session = await signed_in(request)
     if session is None:
         raise ApiError(401, "unauthorized", "you are signed out; sign in and try again")
-    org = request.match_info["org"]
-    if session.org != org:
-        raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
+    _own_org(request, session)
     # A form is form-encoded: 20,000 characters of Chinese take 180 KB of it, more than the
     # API's 64 KiB of JSON.
     form = await request.clone(client_max_size=MAX_FORM_BYTES).post()
@@ -105,9 +112,7 @@ async def posted(request: web.Request, needs: frozenset[str]) -> tuple[WebContex
         raise ApiError(
             403, "csrf_failed", "the form's CSRF token is missing or stale: reload the page"
         )
-    if not can(session, needs):
-        wanted = " or ".join(sorted(needs))
-        raise ApiError(403, "forbidden", f"this needs {wanted} access; you have {session.scope}")
+    _scope(session, needs)
     return context, session, form
 
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 
 from tocsin.api.context import API_CONTEXT
-from tocsin.api.errors import ApiError, Handler, from_domain_error, from_validation_error
+from tocsin.api.errors import Handler, as_api_error
 from tocsin.config import Settings
 from tocsin.web import board, deliveries, render, report, signin, tickets
 from tocsin.web.access import MAX_FORM_BYTES, signed_in, visitor
@@ -58,18 +57,13 @@ async def page_middleware(request: web.Request, handler: Handler) -> web.StreamR
         elif exc.status == 413:
             message = f"The form is larger than {MAX_FORM_BYTES // 1024} KiB: shorten the text."
         response = await _error(request, exc.status, message)
-    except ApiError as exc:
-        response = await _error(request, exc.status, exc.message)
-    except ValidationError as exc:
-        mapped = from_validation_error(exc)
-        response = await _error(request, mapped.status, mapped.message)
     except Exception as exc:
-        mapped_error = from_domain_error(exc)
-        if mapped_error is None:
+        mapped = as_api_error(exc)
+        if mapped is None:
             log.exception("unhandled error", method=request.method, path=request.path)
             response = await _error(request, 500, "An internal error; it has been logged.")
         else:
-            response = await _error(request, mapped_error.status, mapped_error.message)
+            response = await _error(request, mapped.status, mapped.message)
     if not response.prepared:
         response.headers.update(SECURITY_HEADERS)
         if request.path.startswith("/static/") and response.status == 200:  # named by content

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from tocsin.api.errors import ApiError
-from tocsin.api.subjects import group_tickets, no_ticket_because
+from tocsin.api.subjects import group_tickets, no_ticket_because, rows_of
 from tocsin.monitor import states
 from tocsin.monitor.storm import STORM_ID
 from tocsin.web import render
@@ -47,10 +47,7 @@ class BoardRow:
 
 
 def shown(row: states.StateRow, because: str | None) -> str:
-    held = row.state.get("held_by") or ""
     if row.maintenance_until is not None or (because or "").startswith("maintenance"):
-        return "maintenance"
-    if held.startswith("maintenance:") and row.health in ("failing", "unreachable"):
         return "maintenance"
     if row.flapping:
         return "flapping"
@@ -62,9 +59,7 @@ def shown(row: states.StateRow, because: str | None) -> str:
 async def board_page(request: web.Request) -> web.Response:
     context, session = await visitor(request)
     site = context.site.org(session.org)
-    if site is None:
-        raise ApiError(404, "org_not_found", f"no org {session.org!r}", "org")
-    rows = await context.subjects.get(context.api, session.org)
+    rows = await context.subjects.get(session.org, lambda: rows_of(context.api, session.org))
     groups = group_tickets(rows)
     wanted = request.query.get("health", "")
     if wanted and wanted not in SHOWN_NAMES:
@@ -83,7 +78,9 @@ async def board_page(request: web.Request) -> web.Response:
         if row.key.type == "space" or (row.key.type == "other" and row.key.id == STORM_ID):
             continue
         because = no_ticket_because(row, groups)
-        board_row = BoardRow(row, shown(row, because), because, _space_of(site, row))
+        board_row = BoardRow(
+            row, shown(row, because), because, site.space_of(row.key.type, row.key.id)
+        )
         counts[board_row.shown] += 1
         if wanted and board_row.shown != wanted:
             continue
@@ -106,11 +103,6 @@ async def board_page(request: web.Request) -> web.Response:
             "names": SHOWN_NAMES,
         },
     )
-
-
-def _space_of(site: OrgSite, row: states.StateRow) -> str | None:
-    ref = site.subjects.get((row.key.type, row.key.id))
-    return ref.space if ref is not None else None
 
 
 def _sections(

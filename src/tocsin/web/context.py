@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
 from tocsin.api.context import ApiContext
-from tocsin.api.subjects import rows_of
 from tocsin.config import Settings
 from tocsin.monitor import states
 from tocsin.tickets.model import State
@@ -46,54 +46,53 @@ class WebContext:
         self.site.reload(settings)
 
 
-CountOf = Callable[[str, TicketFilter], Awaitable[dict[State, int]]]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class Counts:
-    """The list's tab counts, kept a few seconds: counting an org's tickets by state reads
-    every one of them (9 ms at 100,000 in SQLite), and every view of the list shows them.
-    A ticket write in this process clears them (`clear`, on the store's triggers); a write
-    from another process (the CLI) shows within `ttl` seconds."""
+class Kept(Generic[K, V]):
+    """Values kept `ttl` seconds (at most `most` of them), made again once older."""
 
-    def __init__(self, ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl: float, monotonic: Callable[[], float] = time.monotonic, most: int = 256
+    ) -> None:
         self._ttl = ttl
         self._monotonic = monotonic
-        self._kept: dict[tuple[str, TicketFilter], tuple[float, dict[State, int]]] = {}
+        self._most = most
+        self._kept: dict[K, tuple[float, V]] = {}
 
-    async def get(self, org: str, filters: TicketFilter, count: CountOf) -> dict[State, int]:
-        key = (org, replace(filters, states=()))
+    async def get(self, key: K, make: Callable[[], Awaitable[V]]) -> V:
         now = self._monotonic()
         kept = self._kept.get(key)
         if kept is not None and now - kept[0] < self._ttl:
             return kept[1]
-        counts = await count(org, filters)
-        if len(self._kept) >= 256:  # searches make many keys: keep the latest
+        value = await make()
+        if len(self._kept) >= self._most:  # searches make many keys: keep the latest
             self._kept.clear()
-        self._kept[key] = (now, counts)
-        return counts
+        self._kept[key] = (now, value)
+        return value
 
     def clear(self) -> None:
         self._kept.clear()
 
 
-class SubjectRows:
-    """The org's subjects as the monitor sees them, kept `ttl` seconds for every board and
+class Counts(Kept[tuple[str, TicketFilter], dict[State, int]]):
+    """The list's tab counts by (org, filters but the states), kept a few seconds: counting an
+    org's tickets by state reads every one of them (9 ms at 100,000 in SQLite), and every view
+    of the list shows them. A ticket write in this process clears them (`clear`, on the store's
+    triggers); a write from another process (the CLI) shows within `ttl` seconds."""
+
+    def __init__(self, ttl: float = 5.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(ttl, monotonic)
+
+
+class SubjectRows(Kept[str, list[states.StateRow]]):
+    """An org's subjects as the monitor sees them, kept `ttl` seconds for every board and
     ticket page: building them reads each subject's tracker state (0.9 s at 100,000), and
     each open board reloads when health changes. The API's subjects answer stays live."""
 
     def __init__(self, ttl: float = 3.0, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl
-        self._monotonic = monotonic
-        self._kept: dict[str, tuple[float, list[states.StateRow]]] = {}
-
-    async def get(self, api: ApiContext, org: str) -> list[states.StateRow]:
-        now = self._monotonic()
-        kept = self._kept.get(org)
-        if kept is not None and now - kept[0] < self._ttl:
-            return kept[1]
-        rows = await rows_of(api, org)
-        self._kept[org] = (now, rows)
-        return rows
+        super().__init__(ttl, monotonic)
 
 
 WEB_CONTEXT = web.AppKey("web_context", WebContext)

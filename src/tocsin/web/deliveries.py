@@ -7,12 +7,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from tocsin import cursors
 from tocsin.api.errors import ApiError
 from tocsin.api.query import enum_values, whole_number
+from tocsin.api.webhooks import decode_cursor, encode_cursor, redeliver_now
 from tocsin.delivery import ops
 from tocsin.delivery.outbox import Status
-from tocsin.tickets.store import utcnow
 from tocsin.web import render
 from tocsin.web.access import WRITE, posted, visitor
 from tocsin.web.context import WebContext
@@ -31,8 +30,6 @@ async def _page(
     status: int = 200,
 ) -> web.Response:
     site = context.site.org(session.org)
-    if site is None:
-        raise ApiError(404, "org_not_found", f"no org {session.org!r}", "org")
     read = context.api.store.database.read
     statuses = [s.value for s in enum_values(request.query, "status", Status)]
     endpoint = request.query.get("endpoint") or None
@@ -40,9 +37,7 @@ async def _page(
         message = f"endpoint: no webhook {endpoint!r} receives this org's tickets"
         raise ApiError(422, "invalid_value", message, "endpoint")
     raw_cursor = request.query.get("cursor")
-    before = cursors.decode("delivery", raw_cursor) if raw_cursor else None
-    if raw_cursor and before is None:
-        raise ApiError(422, "invalid_value", "cursor: not a cursor this page gave out", "cursor")
+    before = decode_cursor(raw_cursor) if raw_cursor else None
     rows, more = await ops.list_deliveries(
         read,
         org=session.org,
@@ -57,7 +52,7 @@ async def _page(
         kept = {"endpoint": endpoint or "", "status": ",".join(statuses)}
         params = {
             **{k: v for k, v in kept.items() if v},
-            "cursor": cursors.encode("delivery", more),
+            "cursor": encode_cursor(more),
         }
         next_href = f"/orgs/{session.org}/webhooks?{urlencode(params)}"
     return render.page(
@@ -88,17 +83,13 @@ async def webhooks_page(request: web.Request) -> web.Response:
 
 async def redeliver(request: web.Request) -> web.Response:
     context, session, _ = await posted(request, WRITE)
-    raw = request.match_info["delivery_id"]
-    if not whole_number(raw):
-        raise ApiError(400, "invalid_delivery_id", f"no delivery {raw!r}", "delivery_id")
-    delivery_id = int(raw)
-    now = utcnow()
     try:
-        await context.api.store.writer.run(
-            lambda conn: ops.redeliver(conn, delivery_id, now, session.org)
+        delivery_id = await redeliver_now(
+            context.api, session.org, request.match_info["delivery_id"]
         )
-    except ops.DeliveryNotFound as exc:
-        return await _page(request, context, session, error=str(exc), status=404)
-    except ops.DeliveryInFlight as exc:
-        return await _page(request, context, session, error=str(exc), status=409)
+    except ApiError as exc:
+        if exc.status not in (404, 409):
+            raise
+        # Gone, or being sent right now: the API's words, on the deliveries page.
+        return await _page(request, context, session, error=exc.message, status=exc.status)
     raise web.HTTPSeeOther(f"/orgs/{session.org}/webhooks?redelivered={delivery_id}")

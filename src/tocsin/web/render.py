@@ -10,7 +10,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from tocsin.tickets.model import Kind, State, rfc3339
+from tocsin.tickets.model import Kind, rfc3339
 from tocsin.tickets.store import utcnow
 from tocsin.web import markdown
 from tocsin.web.context import WEB_CONTEXT
@@ -30,10 +30,6 @@ SOURCE_NAMES = {"health_monitor": "Health monitor", "user": "User", "workflow": 
 def kind_name(kind: str) -> str:
     """A built-in kind's display name; a workflow's free-form kind as it was given."""
     return Kind(kind).display if kind in Kind.__members__.values() else kind
-
-
-def state_name(state: str) -> str:
-    return State(state).display
 
 
 def ago(moment: datetime | None, now: datetime | None = None) -> str:
@@ -64,7 +60,6 @@ def setup(app: web.Application) -> None:
     )
     env.filters.update(
         kind_name=kind_name,
-        state_name=state_name,
         ago=ago,
         exact=exact,
         markdown=markdown.render,

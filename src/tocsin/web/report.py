@@ -10,6 +10,7 @@ import re
 from aiohttp import web
 
 from tocsin.api.errors import ApiError
+from tocsin.api.tickets import require_report_issue
 from tocsin.tickets.model import Kind, Source, Subject, SubjectType
 from tocsin.tickets.writes import OpenOutcome, OpenRequest
 from tocsin.web import render
@@ -22,16 +23,8 @@ MAX_NAME = 200
 
 
 def _enabled(context: WebContext, org: str) -> OrgSite:
-    org_config = context.api.org(org)
-    site = context.site.org(org)
-    if org_config is None or site is None or not org_config.report_issue:
-        raise ApiError(
-            403,
-            "report_issue_disabled",
-            f"the Report issue flow is not enabled for org {org!r}",
-            "source",
-        )
-    return site
+    require_report_issue(context.api, org)
+    return context.site.org(org)
 
 
 def search(site: OrgSite, text: str) -> list[SubjectRef]:

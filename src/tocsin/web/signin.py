@@ -9,6 +9,7 @@ the address, never the password or token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,19 +32,17 @@ log = structlog.get_logger("tocsin.web")
 
 LOGIN_COOKIE = "tocsin_login"  # the sign-in form's CSRF token, before there is a session
 _hasher = PasswordHasher()
-# Verified against when the name is unknown, so an unknown name costs what a wrong password does.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 # argon2 takes 64 MiB and tens of ms a check: at most two at once, on threads of their own (the
 # loop's default executor also resolves host names for the probes).
 _ARGON2 = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tocsin-argon2")
 
 
-def _orgs(context: WebContext) -> list[OrgConfig]:
-    return list(context.settings.config.orgs)
-
-
-def _has_users(context: WebContext) -> bool:
-    return any(org.users for org in _orgs(context))
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so an unknown name costs what a wrong
+    password does (made at the first such sign-in: hashing costs 64 MiB and tens of ms, which
+    neither the daemon's start nor a CLI command should pay)."""
+    return _hasher.hash(secrets.token_hex(16))
 
 
 def _safe_next(target: str | None) -> str | None:
@@ -66,14 +65,15 @@ def _form(
     target: str | None = None,
 ) -> web.Response:
     csrf = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+    with_users = [org for org in context.settings.config.orgs if org.users]
     response = render.page(
         request,
         "login.html",
         None,
         {
             "csrf": csrf,
-            "users": _has_users(context),
-            "orgs": [org for org in _orgs(context) if org.users],
+            "users": bool(with_users),
+            "orgs": with_users,
             "error": error,
             "username": username,
             "next": _safe_next(target or request.query.get("next")) or "",
@@ -104,7 +104,7 @@ def _find_user(
 ) -> tuple[OrgConfig, UserConfig] | None:
     found = [
         (org, user)
-        for org in _orgs(context)
+        for org in context.settings.config.orgs
         if not org_slug or org.slug == org_slug
         for user in org.users
         if user.name == name
@@ -183,7 +183,7 @@ async def _identify(
     if not username or not password:
         return None
     found = _find_user(context, org_slug, username)
-    encoded = found[1].password_argon2 if found else _DUMMY_HASH
+    encoded = found[1].password_argon2 if found else _dummy_hash()
     loop = asyncio.get_running_loop()
     ok = await loop.run_in_executor(_ARGON2, _verify, encoded, password)
     if not ok or found is None:

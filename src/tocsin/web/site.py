@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tocsin.api.errors import ApiError
 from tocsin.config import Settings
 from tocsin.monitor.config import spaces_of
 
@@ -37,6 +38,11 @@ class OrgSite:
 
     def space_name(self, space_id: str | None) -> str | None:
         return None if space_id is None else self.spaces.get(space_id, space_id)
+
+    def space_of(self, kind: str, ident: str) -> str | None:
+        """The id of the space a subject is in (a space: itself), if the config says one."""
+        ref = self.subjects.get((kind, ident))
+        return ref.space if ref is not None else None
 
     def in_space(self, space_id: str) -> list[SubjectRef]:
         """The space itself and every subject in it or in a space inside it (a floor's
@@ -89,7 +95,11 @@ class Site:
     def reload(self, settings: Settings) -> None:
         self.settings, self._orgs = settings, None
 
-    def org(self, slug: str) -> OrgSite | None:
+    def org(self, slug: str) -> OrgSite:
+        """The org's view; a 404 once a reload removed the org (a session of it may remain)."""
         if self._orgs is None:
             self._orgs = build(self.settings)
-        return self._orgs.get(slug)
+        site = self._orgs.get(slug)
+        if site is None:
+            raise ApiError(404, "org_not_found", f"no org {slug!r}", "org")
+        return site

@@ -19,9 +19,6 @@ class LoginQueues:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     @contextlib.asynccontextmanager
     async def turn(self, client: str) -> AsyncIterator[None]:
         lock, waiting = self._entries.setdefault(client, (asyncio.Lock(), [0]))

@@ -14,8 +14,8 @@ from urllib.parse import urlencode
 from aiohttp import web
 from multidict import MultiDict
 
-from tocsin.api.errors import ApiError, from_domain_error
-from tocsin.api.subjects import group_tickets, no_ticket_because
+from tocsin.api.errors import ApiError, Handler, from_domain_error
+from tocsin.api.subjects import group_tickets, no_ticket_because, rows_of
 from tocsin.api.tickets import parse_list_query, seq_of
 from tocsin.monitor.storm import STORM_HOLD
 from tocsin.tickets.model import Kind, Source, State, SubjectType, Ticket
@@ -50,13 +50,6 @@ NEEDS = {
 }
 
 
-def _site(context: WebContext, org: str) -> OrgSite:
-    site = context.site.org(org)
-    if site is None:  # the session's org was removed by a reload
-        raise ApiError(404, "org_not_found", f"no org {org!r}", "org")
-    return site
-
-
 def _filters(request: web.Request, site: OrgSite) -> tuple[TicketFilter, str | None, str]:
     """The list's filters from the query string (the API's parser, and `space`), the cursor
     and the tab."""
@@ -89,11 +82,14 @@ def _link(org: str, params: dict[str, str]) -> str:
 async def list_page(request: web.Request) -> web.Response:
     context, session = await visitor(request)
     org = session.org
-    site = _site(context, org)
+    site = context.site.org(org)
     filters, cursor, tab = _filters(request, site)
     store = context.api.store
     page = await store.list_tickets(org, filters, limit=PAGE_SIZE, cursor=cursor)
-    counts = await context.counts.get(org, filters, store.count_by_state)
+    # The tabs' counts leave the state out: one count serves every tab of these filters.
+    counts = await context.counts.get(
+        (org, replace(filters, states=())), lambda: store.count_by_state(org, filters)
+    )
     last = await store.last_events([t.id for t in page.tickets])
     chosen = {name: request.query.get(name, "") for name in FILTERS}
     tabs = [
@@ -130,8 +126,7 @@ async def list_page(request: web.Request) -> web.Response:
 
 
 def _row(ticket: Ticket, site: OrgSite, last: Any) -> dict[str, Any]:
-    ref = site.subjects.get((ticket.subject.type.value, ticket.subject.id))
-    space = ref.space if ref is not None else None
+    space = site.space_of(ticket.subject.type.value, ticket.subject.id)
     return {"ticket": ticket, "space": site.space_name(space), "last": last}
 
 
@@ -146,7 +141,7 @@ async def _members(context: WebContext, ticket: Ticket, site: OrgSite) -> list[d
     them now (a space's devices, or those the org's storm holds)."""
     if ticket.kind != Kind.MULTIPLE_DEVICES_OFFLINE.value:
         return []
-    rows = await context.subjects.get(context.api, ticket.org)
+    rows = await context.subjects.get(ticket.org, lambda: rows_of(context.api, ticket.org))
     groups = group_tickets(rows)
     if ticket.subject.type is SubjectType.SPACE:
         wanted = {
@@ -172,7 +167,7 @@ async def _detail(
     preview: str | None = None,
 ) -> web.Response:
     org = session.org
-    site = _site(context, org)
+    site = context.site.org(org)
     ticket, timeline = await context.api.store.get(org, seq)
     notice = {
         "created": f"Your report opened #{seq}.",
@@ -187,11 +182,7 @@ async def _detail(
             "org": site,
             "ticket": ticket,
             "timeline": timeline,
-            "space": site.space_name(
-                ref.space
-                if (ref := site.subjects.get((ticket.subject.type.value, ticket.subject.id)))
-                else None
-            ),
+            "space": site.space_name(site.space_of(ticket.subject.type.value, ticket.subject.id)),
             "actions": _actions(ticket, session),
             "members": await _members(context, ticket, site),
             "error": error,
@@ -209,7 +200,7 @@ async def detail_page(request: web.Request) -> web.Response:
     return await _detail(request, context, session, seq_of(request))
 
 
-def _action_handler(name: str) -> Any:
+def _action_handler(name: str) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         context, session, form = await posted(request, NEEDS[name])
         seq = seq_of(request)
