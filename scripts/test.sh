@@ -24,6 +24,9 @@ compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || need_apt+=(faket
 # The web pages' browser tests (tests/web): Debian's chromium, driven by playwright's Python
 # package (no browser download), and npm for axe-core, the accessibility checker they inject.
 have chromium || need_apt+=(chromium)
+# The store tests marked `engines` run on PostgreSQL too: tests/pg.py makes a throwaway cluster
+# with Debian's initdb (as the package's postgres user when run as root).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 command -v npm >/dev/null || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

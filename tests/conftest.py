@@ -4,7 +4,7 @@ inline TOML, and a real aiohttp server on a free loopback port."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +14,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests import pg
+from tests.pg import PostgresServer
 from tocsin.api.app import make_app
 from tocsin.config import Settings, parse
 from tocsin.db import migrate
@@ -77,8 +79,46 @@ def config_text(db_url: str, *, report_issue_acme: bool = True, extra: str = "")
     return "\n".join(lines) + "\n" + extra
 
 
+ENGINES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `engines` that uses the store runs once on each engine."""
+    if "db_engine" in metafunc.fixturenames and metafunc.definition.get_closest_marker("engines"):
+        metafunc.parametrize("db_engine", ENGINES, indirect=True)
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_engine(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, its template database migrated once."""
+    import asyncio
+
+    with pg.running() as server:
+        server.new_database(template=None)  # t1: migrated, then the template
+        server.sql(f"ALTER DATABASE t1 RENAME TO {pg.TEMPLATE}")
+
+        async def migrated() -> None:
+            db = open_database(server.url(pg.TEMPLATE))
+            try:
+                await migrate.upgrade(db)
+            finally:
+                await db.dispose()
+
+        asyncio.run(migrated())
+        server.sql(f"ALTER DATABASE {pg.TEMPLATE} IS_TEMPLATE true")
+        yield server
+
+
+@pytest.fixture
+def db_url(db_engine: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if db_engine == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        return server.url(server.new_database())
     return f"sqlite+aiosqlite:///{tmp_path / 'tocsin.db'}"
 
 

@@ -16,6 +16,8 @@ from tocsin.delivery.outbox import ensure_endpoints
 from tocsin.tickets.model import Actor, ActorType, Source, Subject, SubjectType
 from tocsin.tickets.store import OpenRequest, TicketStore
 
+pytestmark = pytest.mark.engines
+
 PERSON = Actor(ActorType.USER, "dana")
 
 

@@ -17,6 +17,8 @@ from tocsin.db.bulk import Bulk
 from tocsin.db.engine import Database, _json_text, open_database
 from tocsin.tickets.store import TicketStore
 
+pytestmark = pytest.mark.engines
+
 IGNORED = {"id", "ticket_id", "event_id"}  # row ids differ only by insertion order
 
 

@@ -145,7 +145,8 @@ class StoreConfig(_Model):
 
     url: str | None = None
     """SQLAlchemy async URL of the store; default: SQLite at $STATE_DIRECTORY/tocsin.db, else
-    /var/lib/tocsin/tocsin.db. A relative SQLite path is relative to the config file."""
+    /var/lib/tocsin/tocsin.db. A relative SQLite path is relative to the config file.
+    PostgreSQL: postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE."""
 
 
 # [monitor]: the windows every subject starts from (see tocsin.monitor.config).

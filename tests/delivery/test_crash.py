@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from standardwebhooks import Webhook
 
 from tests.delivery.conftest import ENV, SECRET, Receiver, Reply
 from tocsin.delivery.worker import PREFETCH
+
+pytestmark = pytest.mark.engines
 
 TOKEN = "crash-test-token"
 TICKETS = 200

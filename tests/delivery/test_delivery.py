@@ -25,6 +25,8 @@ from tocsin.delivery.worker import DeliveryWorker
 from tocsin.tickets.model import Actor
 from tocsin.tickets.store import TicketStore
 
+pytestmark = pytest.mark.engines
+
 ME = Actor.health_monitor()
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from alembic import command
 from sqlalchemy import text
 
 from tocsin.db import migrate
 from tocsin.db.engine import open_database
+
+pytestmark = pytest.mark.engines
 
 
 def test_upgrading_a_database_with_history_starts_the_fan_out_after_it(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ from tocsin.delivery.endpoints import endpoints_from
 from tocsin.delivery.outbox import Slots
 from tocsin.tickets.store import TicketStore
 
+pytestmark = pytest.mark.engines
+
 ONE_TRY = '[webhook_delivery]\njitter = 0.0\nschedule = []\nticket_after = "30d"\n'
 DELIVERIES = "/api/v1/orgs/acme/webhooks/deliveries"
 

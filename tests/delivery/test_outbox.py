@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from tests.conftest import FakeClock
 from tests.delivery.conftest import Receiver, hook_toml, open_ticket, webhook_settings
 from tocsin.delivery import ops, outbox, record
@@ -13,6 +15,8 @@ from tocsin.delivery.outbox import Claimed, Slots
 from tocsin.delivery.record import Attempted
 from tocsin.delivery.schedule import RetryPolicy
 from tocsin.tickets.store import TicketStore
+
+pytestmark = pytest.mark.engines
 
 LEASE = timedelta(seconds=45)
 POLICY = RetryPolicy((timedelta(seconds=5),), jitter=0.0)

@@ -8,6 +8,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import pytest
+
 from tests.conftest import FakeClock
 from tests.delivery.conftest import (
     MakeWorker,
@@ -22,6 +24,8 @@ from tocsin.delivery.endpoints import endpoints_from
 from tocsin.delivery.outbox import Slots
 from tocsin.tickets.model import Kind, State
 from tocsin.tickets.store import TicketFilter, TicketStore
+
+pytestmark = pytest.mark.engines
 
 SCHEDULE = [
     timedelta(seconds=5),

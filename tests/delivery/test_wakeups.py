@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import pytest
 import structlog.testing
 
 from tests.delivery.conftest import DELIVERY_TOML, MakeWorker, Receiver, hook_toml, open_ticket
@@ -15,6 +16,8 @@ from tests.delivery.conftest import webhook_settings as settings_with
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.tickets.model import Actor, Source, Subject, SubjectType
 from tocsin.tickets.store import OpenRequest, TicketStore
+
+pytestmark = pytest.mark.engines
 
 SLOW_POLL = DELIVERY_TOML + 'poll_interval = "1m"\n'  # a poll alone would wait a minute
 ME = Actor.health_monitor()

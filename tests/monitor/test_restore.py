@@ -19,6 +19,8 @@ from tocsin.probes.observation import SubjectKey
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import Now, SubjectHealth, Windows, adopt_open_ticket, dump, initial
 
+pytestmark = pytest.mark.engines
+
 SUBJECTS = 50_000
 RESOLVED_BY_PERSON = 7  # these tickets were resolved while the daemon was down
 

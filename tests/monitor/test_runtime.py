@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from tocsin.db import schema
@@ -26,6 +27,8 @@ from tocsin.probes.observation import Health, Observation, SubjectKey
 from tocsin.tickets.model import Actor, ActorType, EventType, Source, State
 from tocsin.tickets.store import TicketStore
 from tocsin.tracker import Comment, Reason, Windows
+
+pytestmark = pytest.mark.engines
 
 CAM = SubjectKey("acme", "device", "cam-1")
 WINDOWS = Windows(
