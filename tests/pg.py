@@ -39,7 +39,11 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """`durable`: PostgreSQL's own settings, where a crash loses nothing acknowledged; else
+    fsync and synchronous_commit off, for speed (no test here crashes that server)."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin = _bin_dir()
         self.port = _free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="tocsin-pg-"))
@@ -61,19 +65,27 @@ class PostgresServer:
             *("-D", str(self.data), "-U", self.user, "--auth=trust", "--encoding=UTF8"),
             "--no-sync",
         )
-        options = (
-            f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server (again, after `halt`), on the same port and data."""
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bin / "pg_ctl"),
             *("-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w"),
             "start",
         )
 
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data: "fast" ends sessions as a restart does,
+        "immediate" as a crash."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
-            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+            self.halt("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def url(self, database: str, driver: str = "asyncpg") -> str:
@@ -95,8 +107,8 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def running() -> Iterator[PostgresServer]:
-    server = PostgresServer()
+def running(*, durable: bool = False) -> Iterator[PostgresServer]:
+    server = PostgresServer(durable=durable)
     try:
         server.start()
         yield server

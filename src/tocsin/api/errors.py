@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tocsin.db.writer import StoreClosed, StoreUnavailable
 from tocsin.tickets.errors import DedupConflict, IllegalTransition, InvalidTicket, TicketNotFound
@@ -75,9 +76,17 @@ def from_domain_error(exc: Exception) -> ApiError | None:
         return ApiError(409, "dedup_conflict", str(exc), "dedup_key")
     if isinstance(exc, InvalidTicket):
         return ApiError(422, "invalid_value", f"{exc.field}: {exc}", exc.field)
-    if isinstance(exc, StoreUnavailable | StoreClosed):
+    if isinstance(exc, StoreUnavailable | StoreClosed) or _lost_database(exc):
         return ApiError(503, "store_unavailable", "the ticket store is not available; retry")
     return None
+
+
+def _lost_database(exc: Exception) -> bool:
+    """A read that could not reach the database (a PostgreSQL server restarting, the network
+    down): the store is unavailable, not the request wrong, nor a bug."""
+    if isinstance(exc, OperationalError | InterfaceError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def as_api_error(exc: Exception) -> ApiError | None:

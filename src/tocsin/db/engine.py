@@ -57,13 +57,20 @@ def open_database(url: str) -> Database:
         )
     if backend == "sqlite":
         _prepare_sqlite_file(parsed)
+    # A PostgreSQL server that restarted (or a connection a firewall dropped) leaves dead
+    # connections in the pools: each checkout pings first and replaces a dead one, so the
+    # first read after a restart does not fail. A SQLite file has no connection to lose.
+    pre_ping = backend == "postgresql"
     write = create_engine(
         parsed.set(drivername=f"{backend}+{sync_driver}"),
         pool_size=1,
         max_overflow=0,
         json_serializer=_json_text,
+        pool_pre_ping=pre_ping,
     )
-    read = create_async_engine(parsed, pool_size=4, max_overflow=4, json_serializer=_json_text)
+    read = create_async_engine(
+        parsed, pool_size=4, max_overflow=4, json_serializer=_json_text, pool_pre_ping=pre_ping
+    )
     if backend == "sqlite":
         _tune_sqlite(write, begin="BEGIN IMMEDIATE")
         _tune_sqlite(read.sync_engine, begin="BEGIN")

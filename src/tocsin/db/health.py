@@ -69,7 +69,15 @@ def classify(exc: BaseException, path: str | None, *, waited: float | None = Non
         )
     if "disk i/o error" in text or number == errno.EIO or "malformed" in text:
         return StoreFault(Fault.IO_ERROR, f"disk I/O error{where}: check the disk and the file")
-    return StoreFault(Fault.UNREACHABLE, f"database unreachable: {type(original).__name__}")
+    kind = type(original).__name__
+    if path is None:
+        # A database server (PostgreSQL): the kind of failure, never its address or user.
+        return StoreFault(
+            Fault.UNREACHABLE,
+            f"database server unreachable ({kind}): writes are retried until it answers;"
+            " check the server and the network",
+        )
+    return StoreFault(Fault.UNREACHABLE, f"database unreachable: {kind}")
 
 
 class StoreHealth:
