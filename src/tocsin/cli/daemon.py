@@ -1,4 +1,5 @@
-"""`tocsin run` (signals are handled here and only here), `check-config`, `db upgrade|backup`."""
+"""`tocsin run` (signals are handled here and only here), `check-config`,
+`db upgrade|backup|migrate-to`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import structlog
 from tocsin import app, logs
 from tocsin.cli.base import (
     config_option,
+    err,
     fail,
     load_settings,
     main,
@@ -22,7 +24,7 @@ from tocsin.cli.base import (
     with_database,
 )
 from tocsin.config import ConfigError, Settings, load, reuse_unchanged
-from tocsin.db import backup, migrate
+from tocsin.db import backup, copy_store, migrate
 from tocsin.db.engine import Database, StoreUrlError
 from tocsin.monitor import worker
 from tocsin.reparse import ReparseFailed, parse_at_start, reparse
@@ -215,4 +217,36 @@ def db_backup(config_path: Path, file: Path, force: bool) -> None:
         highlight=False,
         markup=False,
         soft_wrap=True,
+    )
+
+
+@db.command("migrate-to")
+@config_option
+@click.argument("url", envvar="TOCSIN_TARGET_URL")
+def db_migrate_to(config_path: Path, url: str) -> None:
+    """Copy the SQLite store into the empty PostgreSQL database at URL
+    (postgresql+asyncpg://USER@HOST:PORT/DATABASE), checked row by row; then point store.url
+    at it. Stop the daemon first. Give the password by PGPASSWORD or ~/.pgpass, or the whole
+    URL by $TOCSIN_TARGET_URL, rather than on the command line."""
+    settings = load_settings(config_path)
+
+    def said(table: str, rows: int) -> None:
+        if rows % 100_000 == 0:
+            err.print(f"  {table}: {rows:,} rows", highlight=False)
+
+    try:
+        copied = copy_store.migrate_to(settings.store_url, url, progress=said)
+    except copy_store.CopyRefused as exc:
+        fail(str(exc))
+    except copy_store.CopyError as exc:
+        fail(f"{exc}; the target was left as it was", 1)
+    for table in copied:
+        out.print(
+            f"{table.table:20} {table.rows:>10,} rows  sha256 {table.digest[:16]}", highlight=False
+        )
+    total = sum(t.rows for t in copied)
+    out.print(
+        f"copied {total:,} rows; every row matches the store. Next: set store.url to the new"
+        " database and start tocsin.",
+        highlight=False,
     )
