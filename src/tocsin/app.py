@@ -22,6 +22,7 @@ from tocsin.api.context import API_CONTEXT
 from tocsin.config import Settings, split_host_port
 from tocsin.db import migrate, retention
 from tocsin.db.engine import open_database
+from tocsin.db.probing_lock import ProbingLock
 from tocsin.delivery import ops
 from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.process import DeliveryProcess
@@ -37,6 +38,11 @@ from tocsin.web.app import add_pages
 from tocsin.web.context import WEB_CONTEXT
 
 log = structlog.get_logger("tocsin")
+
+
+class ProbingLockLost(RuntimeError):
+    """Another daemon may probe now: this one stops (see Daemon._probe)."""
+
 
 ReadyCallback = Callable[[list[tuple[str, int]]], None]
 STATUS_EVERY = 10.0  # seconds between STATUS= summaries to systemd
@@ -71,6 +77,10 @@ class Daemon:
         add_pages(self.app, self.settings, subjects_changed=self.monitor.monitor.changed_at)
         self._webhooks: tuple[asyncio.Event, asyncio.Task[None]] | None = None
         self._webhooks_pending = 0
+        # On PostgreSQL several daemons may share the store with the same config (a hot
+        # standby): the one holding the probing lock probes (see db/probing_lock.py).
+        self.probing_lock = ProbingLock(settings.store_url) if self.db.sqlite_path is None else None
+        self.standing_by = asyncio.Event()
 
     async def run(
         self,
@@ -90,7 +100,7 @@ class Daemon:
             addresses = [(str(a[0]), int(a[1])) for a in runner.addresses]
             async with asyncio.TaskGroup() as group:
                 self._start_webhooks(group)
-                group.create_task(self.monitor.run(stop), name="tocsin-health-monitor")
+                group.create_task(self._probe(stop), name="tocsin-health-monitor")
                 group.create_task(
                     sdnotify.watchdog(
                         sdnotify.watchdog_interval(), self.status, every=STATUS_EVERY, stop=stop
@@ -103,8 +113,9 @@ class Daemon:
                 files = group.create_task(self._check_store_file(), name="store-file")
                 if reloads is not None:
                     reloader = group.create_task(self._reloads(reloads, group), name="reload")
-                # Ready means watching: the API is up and every probe has started.
-                await first(self.monitor.watching.wait(), stop.wait())
+                # Ready means watching: the API is up and every probe has started (or, on
+                # a standby, the API is up and another daemon probes).
+                await first(self.monitor.watching.wait(), self.standing_by.wait(), stop.wait())
                 # What exists now (the config, a million objects at 100,000 subjects) lives as
                 # long as the process: keep the cyclic garbage collector from walking it again,
                 # and turn it on if the CLI kept it off through the start.
@@ -137,6 +148,45 @@ class Daemon:
                 self._spare.close()  # a no-op once the monitor took and ended it
             log.info("tocsin stopped")
 
+    async def _probe(self, stop: asyncio.Event) -> None:
+        """Run the health monitor; on PostgreSQL, only while this daemon holds the probing
+        lock. Losing the lock stops the daemon (ProbingLockLost): two daemons must never probe
+        the same subjects, and a restart comes back as the standby."""
+        lock = self.probing_lock
+        if lock is None:
+            await self.monitor.run(stop)
+            return
+
+        def waiting() -> None:
+            self.standing_by.set()
+            sdnotify.notify(f"STATUS={self.status()}")
+            log.info("standby: another instance probes; taking over when it stops")
+
+        try:
+            if not await lock.acquire(stop, on_wait=waiting):
+                return  # stopped while standing by
+            if self.standing_by.is_set():
+                log.warning("taking over probing: the other instance stopped holding the lock")
+            self.standing_by.clear()
+            monitor = asyncio.create_task(self.monitor.run(stop), name="tocsin-monitor-run")
+            held = asyncio.create_task(lock.hold(), name="tocsin-probing-lock")
+            try:
+                await asyncio.wait({monitor, held}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                held.cancel()
+            if not monitor.done():
+                log.error(
+                    "probing lock lost (its database connection failed): stopping, so that"
+                    " only one instance probes; a restart comes back as the standby"
+                )
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
+                raise ProbingLockLost("the probing lock was lost")
+            await monitor
+        finally:
+            await lock.close()
+
     async def render_metrics(self) -> bytes:
         def health() -> list[tuple[str, bool]]:
             subjects = self.monitor.monitor.subjects().values()
@@ -148,7 +198,8 @@ class Daemon:
     def readiness(self) -> dict[str, str]:
         """Besides the store (the API checks it): the monitor watching, every MQTT broker
         connected. Each check is "ok" or what is wrong."""
-        checks = {"monitor": "ok" if self.monitor.watching.is_set() else "starting"}
+        watching = self.monitor.watching.is_set() or self.standing_by.is_set()
+        checks = {"monitor": "ok" if watching else "starting"}
         for name, up in self.monitor.brokers_connected().items():
             checks[f"mqtt:{name}"] = "ok" if up else "disconnected"
         return checks
@@ -195,6 +246,8 @@ class Daemon:
         subjects = self.monitor.monitor.subjects().values()
         down = sum(1 for s in subjects if s.state.health is SubjectHealth.DOWN)
         line = sdnotify.status_line(len(subjects), down, self._webhooks_pending)
+        if self.standing_by.is_set():
+            line = f"standby (another instance probes); {line}"
         cause = self.store.health.cause
         return line if cause is None else f"store unavailable: {cause}; {line}"
 

@@ -92,6 +92,10 @@ def run(config_path: Path) -> None:
         fail(f"store.url: {exc}")
     except OSError as exc:
         fail(f"cannot start: {exc.strerror or exc}", 1)
+    except ExceptionGroup as group:
+        if group.subgroup(app.ProbingLockLost) is None:
+            raise
+        fail("stopped: the probing lock was lost (see the log); restart to stand by", 1)
     finally:
         if spare is not None:
             spare.close()
