@@ -65,7 +65,7 @@ class Daemon:
         self.app = make_app(
             settings,
             self.store,
-            ping=self.monitor.handle_ping,
+            ping=self._ping,
             subjects=self.monitor.monitor.rows,
             maintenance=self.monitor.monitor.maintenance.windows,
             maintenance_changed=self.monitor.monitor.reload_maintenance,
@@ -148,6 +148,17 @@ class Daemon:
                 self._spare.close()  # a no-op once the monitor took and ended it
             log.info("tocsin stopped")
 
+    async def _ping(self, request: web.Request) -> web.StreamResponse:
+        """Push heartbeats: the monitor's, or on a standby a 503 that says where they belong
+        (a sender or a load balancer tries the other daemon)."""
+        if self.standing_by.is_set():
+            return web.Response(
+                status=503,
+                text="standby: another tocsin instance probes; send heartbeats to it\n",
+                headers={"Retry-After": "5"},
+            )
+        return await self.monitor.handle_ping(request)
+
     async def _probe(self, stop: asyncio.Event) -> None:
         """Run the health monitor; on PostgreSQL, only while this daemon holds the probing
         lock. Losing the lock stops the daemon (ProbingLockLost): two daemons must never probe
@@ -198,8 +209,9 @@ class Daemon:
     def readiness(self) -> dict[str, str]:
         """Besides the store (the API checks it): the monitor watching, every MQTT broker
         connected. Each check is "ok" or what is wrong."""
-        watching = self.monitor.watching.is_set() or self.standing_by.is_set()
-        checks = {"monitor": "ok" if watching else "starting"}
+        if self.standing_by.is_set():  # another daemon probes: its brokers, not ours
+            return {"monitor": "ok"}
+        checks = {"monitor": "ok" if self.monitor.watching.is_set() else "starting"}
         for name, up in self.monitor.brokers_connected().items():
             checks[f"mqtt:{name}"] = "ok" if up else "disconnected"
         return checks

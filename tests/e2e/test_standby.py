@@ -6,6 +6,7 @@ ticketed."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import signal
@@ -13,12 +14,14 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.e2e.daemon import Daemon, base_config, eventually, free_port
 from tests.pg import PostgresServer
+from tocsin.db.probing_lock import lock_key
 
 
 class Devices:
@@ -86,6 +89,12 @@ async def test_the_standby_takes_over_probing_within_30_s_with_no_duplicate_tick
         await second.start()  # ready: its API is up while the other probes
         assert logged(second, "standby")
         assert not logged(second, "health monitor started")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{second.base}/ping/some-key") as answer,
+        ):
+            assert answer.status == 503  # heartbeats belong to the daemon that probes
+            assert "standby" in await answer.text()
 
         state.failing.add("pump")
         opened = await eventually(
@@ -128,3 +137,59 @@ async def test_the_standby_takes_over_probing_within_30_s_with_no_duplicate_tick
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def lock_holder(postgres: PostgresServer, database: str) -> int | None:
+    """The backend pid holding the probing lock on `database`, if any."""
+    import psycopg
+
+    key = lock_key() & 0xFFFF_FFFF_FFFF_FFFF  # pg_locks shows the 64-bit key as two oids
+    with psycopg.connect(
+        host="127.0.0.1", port=postgres.port, user=postgres.user, dbname=database
+    ) as conn:
+        row = conn.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+            " WHERE l.locktype = 'advisory' AND l.granted AND d.datname = %s"
+            " AND l.classid = %s AND l.objid = %s AND l.objsubid = 1",
+            (database, key >> 32, key & 0xFFFF_FFFF),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+
+async def test_a_daemon_whose_lock_connection_dies_stops_and_the_standby_probes(
+    tmp_path: Path, postgres: PostgresServer, devices: tuple[Devices, str]
+) -> None:
+    _, base = devices
+    database = postgres.new_database()
+    store_url = postgres.url(database)
+    daemons = []
+    for name in ("a", "b"):
+        port = free_port()
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config(port, store_url, base), encoding="utf-8")
+        daemons.append(Daemon(path, port))
+    first, second = daemons
+    try:
+        await first.start()
+        await second.start()
+        assert logged(second, "standby")
+        holder = lock_holder(postgres, database)
+        assert holder is not None
+        postgres.sql(f"SELECT pg_terminate_backend({holder})")  # as a lost network would
+
+        process = first.process
+        assert process is not None
+        code = await asyncio.to_thread(process.wait, 20)
+        assert code == 1  # it stopped probing, and says why
+        assert logged(first, "probing lock lost")
+        assert "the probing lock was lost" in first.log.read_text()
+        await eventually(
+            lambda: _async(logged(second, "taking over probing")),
+            bool,
+            within=30,
+            what="the standby taking over",
+        )
+    finally:
+        for daemon in daemons:
+            if daemon.process is not None and daemon.process.poll() is None:
+                daemon.stop()
