@@ -114,9 +114,10 @@ def open_request(i: int, dedup: bool) -> OpenRequest:
     )
 
 
-async def run_store(path: Path, opens: int, concurrency: int, dedup: bool) -> float:
-    """Opens/s through TicketStore.open; the schema is built before the clock starts."""
-    db = open_database(f"sqlite+aiosqlite:///{path}")
+async def run_store(url: str, opens: int, concurrency: int, dedup: bool) -> float:
+    """Opens/s through TicketStore.open on the store at `url`; the schema is built before the
+    clock starts."""
+    db = open_database(url)
     await migrate.upgrade(db)
     store = TicketStore(db)
     store.start()
@@ -349,7 +350,10 @@ def main() -> int:
             results["store"].append(
                 asyncio.run(
                     run_store(
-                        folder / f"store-{rep}.db", args.opens, args.concurrency, args.dedup_key
+                        f"sqlite+aiosqlite:///{folder / f'store-{rep}.db'}",
+                        args.opens,
+                        args.concurrency,
+                        args.dedup_key,
                     )
                 )
             )
