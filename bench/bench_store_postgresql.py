@@ -5,12 +5,13 @@ temporary folder on a free loopback port by tests/pg.py: fsync and synchronous_c
 PostgreSQL ships), a fresh database per run, the store's own schema (alembic head).
 
 1. store - TicketStore.open from --concurrency asyncio callers, --opens in all: the org's
-           sequence upsert, the ticket, its timeline event, the trigger-order lock and the
-           trigger row, through the group-commit writer thread (psycopg 3), one transaction per
-           batch, a SAVEPOINT per open.
+           sequence upsert, the ticket, its timeline event and the trigger row, through the
+           group-commit writer thread (psycopg 3), one transaction per batch (which takes the
+           trigger-order lock once), a SAVEPOINT per open.
 2. bare  - psycopg 3 alone, one connection, the same statements per open, as many opens per
            transaction as the store's writer put in its batches in the same repetition (its
            mean), with a SAVEPOINT per open as the writer does; and one open per transaction.
+           Each transaction takes the trigger-order lock first, as the writer's do.
 
 The median of --reps repetitions; target: the store at least --target (0.5) of the bare
 batched loop. Exit status 1 if it is missed.
@@ -38,8 +39,8 @@ from tests.pg import PostgresServer
 from bench_store_open import ORG, WriterProbe, load_average, run_store
 from tocsin.db import migrate
 from tocsin.db.engine import open_database
+from tocsin.db.writer import TRIGGER_ORDER_LOCK
 from tocsin.tickets.model import rfc3339
-from tocsin.tickets.writes import TRIGGER_ORDER_LOCK
 
 NEXT_SEQ = (
     "INSERT INTO org_sequences (org, last_seq) VALUES (%s, 1) "
@@ -83,7 +84,6 @@ def bare_open(conn: psycopg.Connection, i: int) -> None:
         "event": {"id": event_id, "type": "opened", "at": at},
         "description": description,
     }
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRIGGER_ORDER_LOCK,))
     conn.execute(INSERT_TRIGGER, (ORG, ticket_id, event_id, naive, json.dumps(data)))
 
 
@@ -94,6 +94,7 @@ def run_bare(dsn: str, opens: int, batch: int) -> float:
         while done < opens:
             n = min(batch, opens - done)
             with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (TRIGGER_ORDER_LOCK,))
                 for k in range(n):
                     if batch > 1:
                         conn.execute("SAVEPOINT op")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
@@ -24,6 +24,25 @@ from tocsin.db.health import StoreFault, StoreHealth, classify
 T = TypeVar("T")
 WriteOp = Callable[[Connection], T]
 _Outcome = tuple[bool, Any]  # (succeeded, result or exception)
+
+
+# PostgreSQL hands out ids when rows are inserted, not when they commit: two writers' trigger
+# rows could commit out of id order, and the webhook fan-out, which reads past its cursor,
+# would step over the one that commits later. A write holds this transaction lock from just
+# before its trigger rows until its commit, so they commit in the order of their ids. The group
+# writer takes it once, as its transaction begins (outside the operations' savepoints: a lock
+# taken inside one is given back when it is rolled back), and marks the connection, so the
+# operations do not ask again; a write of its own (a tool's) asks before its trigger rows.
+# SQLite has one writer at a time: nothing to do.
+TRIGGER_ORDER_LOCK = 0x74_6F_63_73  # "tocs"
+_TRIGGER_ORDER = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=TRIGGER_ORDER_LOCK)
+_HOLDS_TRIGGER_ORDER = "tocsin_holds_trigger_order"
+
+
+def triggers_in_id_order(conn: Connection) -> None:
+    """Call just before inserting trigger rows."""
+    if conn.dialect.name == "postgresql" and not conn.info.get(_HOLDS_TRIGGER_ORDER):
+        conn.execute(_TRIGGER_ORDER)
 
 
 class StoreClosed(RuntimeError):
@@ -123,7 +142,13 @@ class GroupWriter:
         with self._engine.connect() as conn:
             before = _changes(conn)
             with conn.begin():
-                self._run_ops(conn, ops, outcomes)
+                if conn.dialect.name == "postgresql":
+                    conn.execute(_TRIGGER_ORDER)
+                    conn.info[_HOLDS_TRIGGER_ORDER] = True
+                try:
+                    self._run_ops(conn, ops, outcomes)
+                finally:
+                    conn.info.pop(_HOLDS_TRIGGER_ORDER, None)
             after = _changes(conn)
         return outcomes, before is None or after is None or after > before
 

@@ -13,12 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Insert, bindparam, insert, select, text, update
+from sqlalchemy import Insert, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from tocsin.db import schema
 from tocsin.db.bulk import Bulk
+from tocsin.db.writer import triggers_in_id_order
 from tocsin.tickets.errors import DedupConflict, TicketNotFound
 from tocsin.tickets.model import (
     Actor,
@@ -67,18 +68,6 @@ class Change:
 _INSERT_TICKET = insert(T).returning(T.c.id)
 _INSERT_EVENT = insert(E).returning(E.c.id)
 _INSERT_TRIGGER = insert(schema.triggers)
-# PostgreSQL hands out ids when rows are inserted, not when they commit: two writers' trigger
-# rows could commit out of id order, and the webhook fan-out, which reads past its cursor,
-# would step over the one that commits later. A writer holds this transaction lock from just
-# before its trigger rows until its commit, so they commit in the order of their ids.
-# (SQLite has one writer at a time: nothing to do.)
-TRIGGER_ORDER_LOCK = 0x74_6F_63_73  # "tocs"
-_TRIGGER_ORDER = text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=TRIGGER_ORDER_LOCK)
-
-
-def _triggers_in_id_order(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.execute(_TRIGGER_ORDER)
 
 
 _TOUCH = update(T).where(T.c.id == bindparam("ticket_id")).values(updated_at=bindparam("at"))
@@ -216,7 +205,7 @@ def open_plain(conn: Connection, batch: list[tuple[OpenRequest, datetime]]) -> l
         if trigger is not None:
             triggers.append(_trigger_row(ticket, event, trigger.value))
     if triggers:
-        _triggers_in_id_order(conn)
+        triggers_in_id_order(conn)
     _ADD_TRIGGERS.run(conn, triggers)
     return changes
 
@@ -336,7 +325,7 @@ def record(
     event = TimelineEvent(event_id, event_type, now, actor, payload)
     trigger = TRIGGERS[event_type]
     if trigger is not None:
-        _triggers_in_id_order(conn)
+        triggers_in_id_order(conn)
         conn.execute(_INSERT_TRIGGER, _trigger_row(ticket, event, trigger.value))
     return Change(ticket, event)
 
