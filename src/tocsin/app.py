@@ -28,6 +28,7 @@ from tocsin.delivery.endpoints import delivery_settings, endpoints_from
 from tocsin.delivery.process import DeliveryProcess
 from tocsin.delivery.worker import DeliveryWorker
 from tocsin.metrics import Metrics
+from tocsin.monitor import states
 from tocsin.monitor.lag import LoopWatch
 from tocsin.monitor.service import MonitorService
 from tocsin.monitor.worker import WorkerProcess, cpus
@@ -66,7 +67,7 @@ class Daemon:
             settings,
             self.store,
             ping=self._ping,
-            subjects=self.monitor.monitor.rows,
+            subjects=self._subject_rows,
             maintenance=self.monitor.monitor.maintenance.windows,
             maintenance_changed=self.monitor.monitor.reload_maintenance,
             metrics=self.render_metrics,
@@ -147,6 +148,11 @@ class Daemon:
             if self._spare is not None:
                 self._spare.close()  # a no-op once the monitor took and ended it
             log.info("tocsin stopped")
+
+    def _subject_rows(self, org: str) -> list[states.StateRow] | None:
+        """The monitor's live rows; None on a standby, whose API then reads the saved state
+        the probing daemon keeps writing."""
+        return None if self.standing_by.is_set() else self.monitor.monitor.rows(org)
 
     async def _ping(self, request: web.Request) -> web.StreamResponse:
         """Push heartbeats: the monitor's, or on a standby a 503 that says where they belong

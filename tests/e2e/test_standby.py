@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.e2e.daemon import Daemon, base_config, eventually, free_port
+from tests.e2e.daemon import TOKEN, Daemon, base_config, eventually, free_port
 from tests.pg import PostgresServer
 from tocsin.db.probing_lock import lock_key
 
@@ -103,6 +103,32 @@ async def test_the_standby_takes_over_probing_within_30_s_with_no_duplicate_tick
         assert opened[0]["subject"]["id"] == "pump"
         # The standby answers the API for the desk (links aside, which name its own port).
         assert [(t["seq"], t["state"]) for t in await second.tickets()] == [(1, "open")]
+        # ... and its subjects from the state the prober saves, not an empty monitor's.
+        await eventually(
+            lambda: second.get("/api/v1/orgs/acme/subjects"),
+            lambda body: any(
+                s["subject"]["id"] == "pump" and s["ticket_seq"] == 1 for s in body["subjects"]
+            ),
+            what="the pump's saved state on the standby",
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{second.base}/api/v1/orgs/acme/maintenance",
+                json={"subject": "fan", "for": "1m", "reason": "filter change"},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert answer.status == 201, await answer.text()  # not "no subject fan"
+            window = await answer.json()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.delete(
+                f"{second.base}/api/v1/orgs/acme/maintenance/{window['id']}",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            ) as answer,
+        ):
+            assert answer.status in (200, 204), await answer.text()
 
         first.stop(signal.SIGKILL)
         killed = time.monotonic()

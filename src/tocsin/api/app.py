@@ -22,7 +22,7 @@ def make_app(
     store: TicketStore,
     *,
     ping: Handler | None = None,
-    subjects: Callable[[str], list[StateRow]] | None = None,
+    subjects: Callable[[str], list[StateRow] | None] | None = None,
     metrics: Callable[[], Awaitable[bytes]] | None = None,
     readiness: Callable[[], dict[str, str]] | None = None,
     maintenance: Callable[[str], list[Window]] | None = None,

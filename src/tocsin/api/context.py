@@ -24,8 +24,9 @@ class ApiContext:
     orgs: dict[str, OrgConfig]
     base_url: str
     ping: Handler | None = None  # push heartbeats: the monitor's handler, when it has push subjects
-    # The monitor's live view of an org's subjects; without a monitor, the last saved state.
-    subjects: Callable[[str], list[StateRow]] | None = None
+    # The monitor's live view of an org's subjects; without a monitor, or when the view says
+    # None (a standby's monitor does not run), the last saved state.
+    subjects: Callable[[str], list[StateRow] | None] | None = None
     # /metrics text, and what /readyz checks besides the store: name -> "ok" or what is wrong.
     metrics: Callable[[], Awaitable[bytes]] | None = None
     readiness: Callable[[], dict[str, str]] | None = None
@@ -40,7 +41,7 @@ class ApiContext:
         settings: Settings,
         store: TicketStore,
         ping: Handler | None = None,
-        subjects: Callable[[str], list[StateRow]] | None = None,
+        subjects: Callable[[str], list[StateRow] | None] | None = None,
     ) -> ApiContext:
         config = settings.config
         return cls(

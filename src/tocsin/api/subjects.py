@@ -104,8 +104,9 @@ def no_ticket_because(row: states.StateRow, groups: dict[str, int | None]) -> st
 
 async def rows_of(context: ApiContext, org: str) -> list[states.StateRow]:
     """The org's subjects: the running monitor's live view, else the last saved state."""
-    if context.subjects is not None:
-        return context.subjects(org)
+    rows = context.subjects(org) if context.subjects is not None else None
+    if rows is not None:
+        return rows
     return await states.load(context.store.database.read, org)
 
 
