@@ -12,9 +12,10 @@ import pytest
 
 from tests import pg
 from tests.e2e.daemon import Daemon, eventually, free_port
-from tests.e2e.test_standby import Devices, config, devices, logged
+from tests.e2e.test_lifecycle import Devices, devices
+from tests.e2e.test_standby import config, logged
 
-__all__ = ["devices"]  # the fixture, shared with the standby test
+__all__ = ["devices"]  # the fixture, shared with the lifecycle test
 
 
 @pytest.fixture

@@ -7,58 +7,37 @@ ticketed."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
-from tests.e2e.daemon import TOKEN, Daemon, base_config, eventually, free_port
+from tests.e2e.daemon import TOKEN, Daemon, eventually, free_port
+from tests.e2e.test_lifecycle import Devices, devices
+from tests.e2e.test_lifecycle import config as lifecycle_config
 from tests.pg import PostgresServer
 from tocsin.db.probing_lock import lock_key
 
-
-class Devices:
-    """HTTP devices at /d/{id}; ids in `failing` answer 503."""
-
-    def __init__(self) -> None:
-        self.hits: collections.Counter[str] = collections.Counter()
-        self.failing: set[str] = set()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        device = request.match_info["id"]
-        self.hits[device] += 1
-        return web.Response(status=503 if device in self.failing else 200)
-
-
-@pytest.fixture
-async def devices() -> AsyncIterator[tuple[Devices, str]]:
-    state = Devices()
-    app = web.Application()
-    app.router.add_get("/d/{id}", state.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield state, str(server.make_url("")).rstrip("/")
-    await server.close()
+__all__ = ["devices"]  # the fixture, shared with the lifecycle test
 
 
 def config(port: int, store_url: str, base: str) -> str:
-    text = base_config(port).replace("sqlite+aiosqlite:///state/tocsin.db", store_url)
-    for device in ("pump", "fan"):
-        text += f"""
-[[devices]]
-org = "acme"
-id = "{device}"
-name = "Device {device}"
-probe = {{ type = "http", url = "{base}/d/{device}", timeout = "1s" }}
-"""
-    return text
+    """Two HTTP devices, pump and fan, on the store at `store_url`."""
+    text = lifecycle_config(port, base, ["pump", "fan"])
+    return text.replace("sqlite+aiosqlite:///state/tocsin.db", store_url)
+
+
+def pair(tmp_path: Path, store_url: str, base: str) -> tuple[Daemon, Daemon]:
+    """Two daemons with the same config (but for the port) on one store."""
+    daemons = []
+    for name in ("a", "b"):
+        port = free_port()
+        path = tmp_path / f"{name}.toml"
+        path.write_text(config(port, store_url, base), encoding="utf-8")
+        daemons.append(Daemon(path, port))
+    return daemons[0], daemons[1]
 
 
 def logged(daemon: Daemon, event: str) -> bool:
@@ -76,13 +55,7 @@ async def test_the_standby_takes_over_probing_within_30_s_with_no_duplicate_tick
 ) -> None:
     state, base = devices
     store_url = postgres.url(postgres.new_database())
-    daemons = []
-    for name in ("a", "b"):
-        port = free_port()
-        path = tmp_path / f"{name}.toml"
-        path.write_text(config(port, store_url, base), encoding="utf-8")
-        daemons.append(Daemon(path, port))
-    first, second = daemons
+    first, second = daemons = pair(tmp_path, store_url, base)
     try:
         await first.start()
         assert logged(first, "health monitor started")
@@ -188,13 +161,7 @@ async def test_a_daemon_whose_lock_connection_dies_stops_and_the_standby_probes(
     _, base = devices
     database = postgres.new_database()
     store_url = postgres.url(database)
-    daemons = []
-    for name in ("a", "b"):
-        port = free_port()
-        path = tmp_path / f"{name}.toml"
-        path.write_text(config(port, store_url, base), encoding="utf-8")
-        daemons.append(Daemon(path, port))
-    first, second = daemons
+    first, second = daemons = pair(tmp_path, store_url, base)
     try:
         await first.start()
         await second.start()
