@@ -22,7 +22,12 @@ and reports p50/p95/p99 in ms, then the server's VmRSS (from /proc/<pid>/status)
 Targets (exit status 1 if missed): p95 < --target-p95-ms (20) for the three listings at the
 largest size; VmRSS growth between the first and the last size < --target-rss-mb (20).
 
+--postgresql runs the same on PostgreSQL instead: a durable throwaway cluster made as the tests
+make theirs (tests/pg.py: Debian's initdb, a free loopback port), the table ANALYZEd after each
+fill as autovacuum would soon; the query plans are SQLite's only.
+
 Run: .venv/bin/python bench/bench_api_list.py [--sizes 10000,50000,100000] [--requests 500]
+     [--postgresql]
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from sqlalchemy import event, insert
+from sqlalchemy import event, insert, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tocsin.api.app import make_app
@@ -72,15 +78,20 @@ QUERIES: list[tuple[str, str]] = [
 LISTINGS = {label for label, path in QUERIES if path.startswith("/api/")}
 
 
-def config_text(db_path: Path, scope: str = "read", token: str = TOKEN) -> str:
-    """One org with one token (`bench-<scope>`), the store at `db_path`."""
+def store_url(store: Path | str) -> str:
+    """A SQLite file's store URL; a URL as it is."""
+    return store if isinstance(store, str) else f"sqlite+aiosqlite:///{store}"
+
+
+def config_text(store: Path | str, scope: str = "read", token: str = TOKEN) -> str:
+    """One org with one token (`bench-<scope>`), the store at `store` (a SQLite file or URL)."""
     digest = hashlib.sha256(token.encode()).hexdigest()
     return f"""
 [server]
 listen = "127.0.0.1:0"
 public_url = "{BASE_URL}"
 [store]
-url = "sqlite+aiosqlite:///{db_path}"
+url = "{store_url(store)}"
 [[orgs]]
 slug = "{ORG}"
 name = "Bench Inc"
@@ -138,14 +149,20 @@ def fill(db: Database, start: int, stop: int, mix: tuple[float, float, float]) -
     chunk = 10_000
     for first in range(start + 1, stop + 1, chunk):
         rows = [ticket_row(seq, rng, mix) for seq in range(first, min(first + chunk, stop + 1))]
+        postgres = db.write.dialect.name == "postgresql"
         with db.write.begin() as conn:
             conn.execute(insert(schema.tickets), rows)
-            upsert = sqlite_insert(schema.org_sequences).values(org=ORG, last_seq=stop)
+            dialect_insert = postgresql_insert if postgres else sqlite_insert
+            upsert = dialect_insert(schema.org_sequences).values(org=ORG, last_seq=stop)
             conn.execute(
                 upsert.on_conflict_do_update(
                     index_elements=[schema.org_sequences.c.org], set_={"last_seq": stop}
                 )
             )
+    if db.write.dialect.name == "postgresql":
+        with db.write.begin() as conn:  # the planner's statistics, as autovacuum would soon
+            conn.execute(text("ANALYZE tickets"))
+        return time.perf_counter() - began
     # Fold the WAL back into the file, as autocheckpoint would soon; outside any transaction.
     with contextlib.closing(sqlite3.connect(str(db.write.url.database))) as raw:
         raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -209,8 +226,8 @@ def sample_body() -> dict[str, Any]:
     return {"tickets": tickets, "next_cursor": "c2VxOjk5OTUw"}
 
 
-async def serve(db_path: Path) -> None:
-    settings = parse(config_text(db_path))
+async def serve(where: Path | str) -> None:
+    settings = parse(config_text(where))
     db = open_database(settings.store_url)
     store = TicketStore(db)
     store.start()
@@ -317,27 +334,49 @@ def main() -> int:
     parser.add_argument("--target-p95-ms", type=float, default=20.0)
     parser.add_argument("--target-rss-mb", type=float, default=20.0)
     parser.add_argument("--dir", default=None, help="parent of the temp folder (default: TMPDIR)")
+    parser.add_argument("--postgresql", action="store_true", help="a PostgreSQL store instead")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)  # the child's mode
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve(Path(args.serve)))
-        return 0
-
-    sizes = sorted(int(s) for s in args.sizes.split(","))
     mix_parts = tuple(float(x) for x in args.mix.split(","))
     if len(mix_parts) != 3:
         parser.error("--mix needs three numbers")
-    mix = (mix_parts[0], mix_parts[1], mix_parts[2])
+    args.mix = (mix_parts[0], mix_parts[1], mix_parts[2])
+    if args.serve:
+        served = args.serve if args.serve.startswith("postgresql") else Path(args.serve)
+        asyncio.run(serve(served))
+        return 0
+    postgres = None
+    if args.postgresql:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.pg import PostgresServer
+
+        postgres = PostgresServer(durable=True)
+        postgres.start()
+    try:
+        return run(args, postgres)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+
+def run(args: argparse.Namespace, postgres: Any) -> int:
+    """Fill, serve and measure; `postgres`: the PostgreSQL server to use, or None (SQLite)."""
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    mix = args.mix
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tocsin-bench-", dir=args.dir) as tmp:
         db_path = Path(tmp) / "tocsin.db"
-        db = open_database(f"sqlite+aiosqlite:///{db_path}")
+        store: Path | str = db_path
+        if postgres is not None:
+            store = postgres.url(postgres.new_database(template=None))
+        db = open_database(store_url(store))
         migrate.upgrade_sync(db)
         seconds = fill(db, 0, sizes[0], mix)
         print(f"{load_average()} at the start", flush=True)
-        print(f"filled {sizes[0]:,} tickets in {seconds:.1f} s ({db_path})", flush=True)
+        where = "PostgreSQL" if postgres is not None else db_path
+        print(f"filled {sizes[0]:,} tickets in {seconds:.1f} s ({where})", flush=True)
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(db_path)],
+            [sys.executable, __file__, "--serve", str(store)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -389,7 +428,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-        plans = query_plans(db_path)
+        plans = query_plans(db_path) if postgres is None else [("(all)", "SQLite's only")]
         db.write.dispose()
         asyncio.run(db.read.dispose())
 
