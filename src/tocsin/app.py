@@ -189,16 +189,18 @@ class Daemon:
             held = asyncio.create_task(lock.hold(), name="tocsin-probing-lock")
             try:
                 await asyncio.wait({monitor, held}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
+                lost = not monitor.done()
+            finally:  # the lock lost, or this task cancelled (the daemon's group failing)
                 held.cancel()
-            if not monitor.done():
+                if not monitor.done():
+                    monitor.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await monitor
+            if lost:
                 log.error(
                     "probing lock lost (its database connection failed): stopping, so that"
                     " only one instance probes; a restart comes back as the standby"
                 )
-                monitor.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await monitor
                 raise ProbingLockLost("the probing lock was lost")
             await monitor
         finally:

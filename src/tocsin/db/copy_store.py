@@ -139,27 +139,23 @@ def _copy(
 ) -> Copied:
     if table.name in SEEDED:
         writing.execute(delete(table))
-    source_hash = hashlib.sha256()
     rows = 0
     for partition in reading.execute(_ordered(table)).partitions(CHUNK):
-        batch = [row._asdict() for row in partition]
-        writing.execute(insert(table), batch)
-        for row in partition:
-            source_hash.update(row_digest(row).encode())
-        rows += len(batch)
+        writing.execute(insert(table), [row._asdict() for row in partition])
+        rows += len(partition)
         if progress is not None:
             progress(table.name, rows)
     copied = int(writing.execute(select(func.count()).select_from(table)).scalar_one())
     if copied != rows:
         raise CopyError(f"{table.name}: {rows} rows read, {copied} in the target")
-    target_hash = hashlib.sha256()
+    whole = hashlib.sha256()
     mismatched = 0
     for theirs, ours in zip(_digests(reading, table), _digests(writing, table), strict=True):
-        target_hash.update(ours.encode())
+        whole.update(theirs.encode())
         mismatched += theirs != ours
-    if mismatched or source_hash.hexdigest() != target_hash.hexdigest():
+    if mismatched:
         raise CopyError(f"{table.name}: {mismatched} rows differ after the copy")
-    return Copied(table.name, rows, source_hash.hexdigest())
+    return Copied(table.name, rows, whole.hexdigest())
 
 
 def _move_sequences(conn: Connection) -> None:

@@ -99,18 +99,17 @@ class ProbingLock:
                 await self._drop()
                 return
 
-    async def _drop(self) -> None:
+    async def _drop(self, *, broken: bool = True) -> None:
+        """Close the lock's connection; a `broken` one is not given back to be reused."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
+            if broken:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
             with contextlib.suppress(Exception):
                 await conn.close()
 
     async def close(self) -> None:
         """Give the lock back (ending its session) and close the connection."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await self._drop(broken=False)
         await self._engine.dispose()

@@ -68,8 +68,6 @@ class Change:
 _INSERT_TICKET = insert(T).returning(T.c.id)
 _INSERT_EVENT = insert(E).returning(E.c.id)
 _INSERT_TRIGGER = insert(schema.triggers)
-
-
 _TOUCH = update(T).where(T.c.id == bindparam("ticket_id")).values(updated_at=bindparam("at"))
 _SET_STATE = (
     update(T)
